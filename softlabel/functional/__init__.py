@@ -1,0 +1,18 @@
+"""Stateless loss functions. Class dimension last; binary when logits and target share a shape.
+
+Every function takes keyword-only ``ignore_index``, ``reduction`` (mean | sum | none) and a
+per-class ``weight`` (sample i's loss times ``weight[y_i]``; ``mean`` divides by their sum).
+Half-precision inputs are computed (and returned) in float32.
+"""
+
+from softlabel.functional.cross_entropy import cross_entropy_loss
+from softlabel.functional.distillation import distillation_loss
+from softlabel.functional.self_correction import self_correction_loss
+from softlabel.functional.smoothing import label_smoothing_loss
+
+__all__ = [
+    "cross_entropy_loss",
+    "label_smoothing_loss",
+    "distillation_loss",
+    "self_correction_loss",
+]

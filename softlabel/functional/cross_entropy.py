@@ -1,0 +1,46 @@
+"""Hard-label cross-entropy (the ``F.cross_entropy`` equivalent), multiclass and binary."""
+
+from __future__ import annotations
+
+import torch.nn.functional as tf
+from torch import Tensor
+
+from softlabel.functional._reduction import _reduce
+from softlabel.functional._validation import check_reduction, prepare
+
+
+def nll_from_log_probs(log_probs: Tensor, index: Tensor) -> Tensor:
+    """``-log p[y]`` per position, from log-probabilities ``(..., K)`` and indices ``(...)``."""
+    return -log_probs.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+
+
+def binary_cross_entropy_from_logits(logits: Tensor, soft_target: Tensor) -> Tensor:
+    """``-(q log sigmoid(x) + (1 - q) log sigmoid(-x))``, stable for large ``|x|``."""
+    return -(soft_target * tf.logsigmoid(logits) + (1 - soft_target) * tf.logsigmoid(-logits))
+
+
+def _per_position_cross_entropy(logits: Tensor, index: Tensor, binary: bool) -> Tensor:
+    """Unreduced hard cross-entropy: ``-log softmax(s)[y]`` or binary BCE-with-logits."""
+    if binary:
+        return binary_cross_entropy_from_logits(logits, index.to(logits.dtype))
+    return nll_from_log_probs(tf.log_softmax(logits, dim=-1), index)
+
+
+def cross_entropy_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    weight: Tensor | None = None,
+) -> Tensor:
+    """Cross-entropy with hard targets.
+
+    Multiclass: logits ``(..., K)``, integer target ``(...)``, ``loss_i = -log softmax(s_i)[y_i]``.
+    Binary (logits and target of the same shape): ``loss_i = BCE-with-logits(s_i, y_i)``.
+    ``weight[y_i]`` multiplies sample i's loss; ``mean`` divides by the sum of those weights.
+    """
+    check_reduction(reduction)
+    positions = prepare(logits, target, ignore_index=ignore_index, weight=weight)
+    per_position = _per_position_cross_entropy(positions.logits, positions.index, positions.binary)
+    return _reduce(per_position, positions.mask, positions.sample_weight, reduction)

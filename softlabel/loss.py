@@ -1,0 +1,87 @@
+"""``SoftTargetLoss``: an ``nn.Module`` around a target source."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from softlabel.functional._validation import check_reduction
+from softlabel.targets import Hard, TargetSource
+
+
+class SoftTargetLoss(nn.Module):
+    """``SoftTargetLoss(source)(logits, target, reference=None)``.
+
+    Gives the same values and gradients as the source's functional form. ``reference`` is
+    the teacher's logits (``Teacher``) or the previous model's probabilities
+    (``PreviousModel``). ``weight`` (per class) is a buffer, so it follows ``.to(device)``.
+    """
+
+    weight: Tensor | None
+
+    def __init__(
+        self,
+        source: TargetSource | None = None,
+        *,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        weight: Tensor | Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if source is None:
+            source = Hard()
+        if not isinstance(source, TargetSource):
+            raise TypeError(
+                "source must be a softlabel.targets source (Hard, UniformPrior, ClassPrior, "
+                f"Teacher, PreviousModel) or None, got {type(source).__name__}"
+            )
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+        self.source = source
+        self.ignore_index = ignore_index
+        self.reduction = check_reduction(reduction)
+        if weight is not None:
+            weight = torch.as_tensor(weight)
+            if not weight.is_floating_point():
+                weight = weight.float()
+            if weight.dim() != 1:
+                raise ValueError(
+                    f"weight must be a 1-D per-class tensor, got shape {tuple(weight.shape)}"
+                )
+        self.register_buffer("weight", weight)
+
+    @property
+    def reference(self) -> str | None:
+        """What ``forward`` needs as ``reference``: None, "teacher_logits" or "previous_probs"."""
+        return self.source.reference
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    def set_progress(self, progress: float) -> None:
+        """Forward training progress in [0, 1] to the source's schedules."""
+        self.source.set_progress(progress)
+
+    def values(self) -> dict[str, float]:
+        return self.source.values()
+
+    def forward(self, logits: Tensor, target: Tensor, reference: Tensor | None = None) -> Tensor:
+        if reference is not None and self.source.reference is None:
+            raise ValueError(
+                f"{type(self.source).__name__} takes no reference, got a tensor of shape "
+                f"{tuple(reference.shape)}"
+            )
+        return self.source.loss(
+            logits,
+            target,
+            reference,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            weight=self.weight,
+        )
+
+    def extra_repr(self) -> str:
+        return f"source={self.source!r}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"

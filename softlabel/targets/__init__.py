@@ -1,0 +1,10 @@
+"""Target sources: each defines ``w`` and ``soft_term`` in
+``loss = (1 - w) * hard_CE + w * soft_term`` and holds its hyper-parameters as schedules."""
+
+from softlabel.targets._base import TargetSource
+from softlabel.targets.hard import Hard
+from softlabel.targets.previous_model import PreviousModel
+from softlabel.targets.smoothing import ClassPrior, UniformPrior
+from softlabel.targets.teacher import Teacher
+
+__all__ = ["TargetSource", "Hard", "UniformPrior", "ClassPrior", "Teacher", "PreviousModel"]

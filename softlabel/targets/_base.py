@@ -1,0 +1,90 @@
+"""Base class of the target sources: hyper-parameters as schedules of training progress."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from softlabel.functional._validation import check_alpha, check_smoothing, check_temperature
+from softlabel.schedules import Schedule, as_schedule, check_progress
+
+HyperParameter = float | Schedule | Mapping[str, Any]
+
+_CHECKS: dict[str, Callable[[Any], float]] = {
+    "smoothing": check_smoothing,
+    "alpha": check_alpha,
+    "temperature": check_temperature,
+}
+
+
+class TargetSource:
+    """Defines ``w`` and ``soft_term`` in ``loss = (1 - w) * hard_CE + w * soft_term``.
+
+    Hyper-parameters are numbers, schedules or ``{"kind": ...}`` mappings; their values are
+    validated when read (and at construction, at progress 0 and 1).
+    """
+
+    name: ClassVar[str] = "source"
+    reference: ClassVar[str | None] = None
+
+    def __init__(self, **hyper_parameters: HyperParameter) -> None:
+        self._schedules: dict[str, Schedule] = {}
+        for key, value in hyper_parameters.items():
+            schedule = as_schedule(value)
+            for progress in (0.0, 1.0):
+                self._checked(key, schedule, progress)
+            self._schedules[key] = schedule
+        self._progress = 0.0
+
+    @staticmethod
+    def _checked(key: str, schedule: Schedule, progress: float) -> float:
+        value = schedule(progress)
+        try:
+            return _CHECKS[key](value)
+        except ValueError as error:
+            raise ValueError(f"{error} (from {schedule!r} at progress {progress})") from None
+
+    def _value(self, key: str) -> float:
+        return self._checked(key, self._schedules[key], self._progress)
+
+    @property
+    def progress(self) -> float:
+        """Training progress in [0, 1] last given to ``set_progress``."""
+        return self._progress
+
+    @property
+    def schedules(self) -> dict[str, Schedule]:
+        return dict(self._schedules)
+
+    def set_progress(self, progress: float) -> None:
+        """Advance every schedule to ``progress`` in [0, 1]."""
+        self._progress = check_progress(progress)
+
+    def values(self) -> dict[str, float]:
+        """The hyper-parameters in force, e.g. ``{"smoothing": 0.08}``."""
+        return {key: self._value(key) for key in self._schedules}
+
+    def _require_reference(self, reference: Tensor | None) -> Tensor:
+        if reference is None:
+            raise ValueError(
+                f"{type(self).__name__} needs reference={self.reference!r}, got reference=None"
+            )
+        return reference
+
+    def loss(
+        self,
+        logits: Tensor,
+        target: Tensor,
+        reference: Tensor | None = None,
+        *,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        weight: Tensor | None = None,
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        arguments = ", ".join(f"{key}={value!r}" for key, value in self._schedules.items())
+        return f"{type(self).__name__}({arguments})"
