@@ -9,10 +9,9 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
-from softlabel.data.datasets import IndexedArrayDataset, feature_statistics
+from softlabel.data.datasets import EpochShuffleSampler, IndexedArrayDataset, feature_statistics
 from softlabel.data.noise import flip_labels, parse_label_noise
 from softlabel.data.source import ArraySource
 from softlabel.data.splits import Split, make_split, subset_pool
@@ -44,6 +43,7 @@ class SoftLabelDataModule(L.LightningDataModule):
     only the train split. ``normalize`` standardises with train-split statistics.
     ``augment`` (3-channel images only) adds a random crop (pad 4) and horizontal flip to
     the train loader. ``subset`` keeps ``subset`` samples of a seeded permutation.
+    The train order is the permutation of ``shuffle_seed + epoch`` (default: ``seed``).
     """
 
     def __init__(
@@ -58,6 +58,7 @@ class SoftLabelDataModule(L.LightningDataModule):
         normalize: bool = True,
         augment: bool = False,
         subset: int | None = None,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         if int(batch_size) < 1:
@@ -67,6 +68,7 @@ class SoftLabelDataModule(L.LightningDataModule):
         self._source_spec = source
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.seed = int(seed)
+        self.shuffle_seed = self.seed if shuffle_seed is None else int(shuffle_seed)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.label_noise = parse_label_noise(label_noise)
         self.normalize, self.augment, self.subset = bool(normalize), bool(augment), subset
@@ -223,12 +225,11 @@ class SoftLabelDataModule(L.LightningDataModule):
         return self._dataset(getattr(self.split, split), self._labels_used)
 
     def _loader(self, dataset, shuffle: bool = False) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        sampler = EpochShuffleSampler(len(dataset), self.shuffle_seed) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -70,3 +70,25 @@ class IndexedArrayDataset(Dataset):
         if self.augment:
             x = random_crop_flip(x)
         return x, torch.tensor(self.labels[index], dtype=torch.int64), torch.tensor(index)
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """Shuffles ``range(n)`` with the permutation of ``seed + epoch``.
+
+    Lightning calls ``set_epoch`` before every epoch, so the order depends only on the
+    seed and the epoch number: a run resumed from a checkpoint sees the same batches as
+    one that never stopped (a shared ``torch.Generator`` would restart its stream).
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = int(n), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n

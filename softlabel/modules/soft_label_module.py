@@ -1,0 +1,209 @@
+"""``SoftLabelModule``: a student trained with a ``SoftTargetLoss`` in Lightning.
+
+Each training batch ``(x, y, index)`` goes: progress ``p = global_step / total_steps``
+-> ``loss.set_progress(p)`` (schedules) -> reference from the provider (teacher logits,
+previous probabilities or nothing) -> ``loss(student(x), y, reference)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from softlabel.modules.metrics import build_metrics
+from softlabel.modules.references import ReferenceProvider
+
+__all__ = ["PROVIDER_PREFIX", "SoftLabelModule"]
+
+PROVIDER_PREFIX = "reference_provider."
+SCHEDULER_INTERVALS = ("step", "epoch")
+# Scheduler arguments filled with the run's length when the config leaves them out.
+_LENGTH_ARGUMENTS = ("T_max", "total_steps", "total_iters")
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+class SoftLabelModule(L.LightningModule):
+    """Train ``student`` with ``loss``; frozen reference models are never saved or optimised.
+
+    ``optimizer`` is a factory taking the student's parameters (``functools.partial``, e.g.
+    from a Hydra ``_partial_: true`` config). ``scheduler`` is None or a factory taking the
+    optimizer; a missing ``T_max`` / ``total_steps`` / ``total_iters`` is filled with the run
+    length: the estimated optimizer steps for ``scheduler_interval="step"``, the max epochs
+    for ``"epoch"``.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        loss: nn.Module,
+        *,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "step",
+        reference_provider: ReferenceProvider | None = None,
+        task: str = "multiclass",
+        num_classes: int,
+    ) -> None:
+        super().__init__()
+        if task not in ("multiclass", "binary"):
+            raise ValueError(f"task must be 'multiclass' or 'binary', got {task!r}")
+        if task == "binary" and num_classes != 1:
+            raise ValueError(f"num_classes must be 1 for a binary task, got {num_classes!r}")
+        if scheduler_interval not in SCHEDULER_INTERVALS:
+            raise ValueError(
+                f"scheduler_interval must be one of {SCHEDULER_INTERVALS}, got {scheduler_interval!r}"
+            )
+        if not callable(optimizer):
+            raise TypeError(f"optimizer must be a factory of torch optimizers, got {optimizer!r}")
+        needed = getattr(getattr(loss, "source", None), "reference", None)
+        given = getattr(reference_provider, "kind", None)
+        if needed != given:
+            raise ValueError(
+                f"the target source needs reference {needed!r} but the reference_provider "
+                f"gives {given!r} ({type(reference_provider).__name__}); "
+                "kd needs a teacher, reloop needs a previous model, other targets need neither"
+            )
+        self.student = student
+        self.loss = loss
+        self.reference_provider = reference_provider
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.task = task
+        self.num_classes = num_classes
+        metrics = build_metrics(task, 2 if task == "binary" else num_classes)
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: Tensor) -> Tensor:
+        """Student logits: ``(N, K)`` for multiclass, ``(N,)`` for binary."""
+        out = self.student(x)
+        return out.reshape(out.shape[0]) if self.task == "binary" else out
+
+    def reference(self, x: Tensor, index: Tensor) -> Tensor | None:
+        """The batch's reference for the loss, or None when the source needs none."""
+        if self.reference_provider is None:
+            return None
+        ref = self.reference_provider(x, index)
+        if self.task == "binary":
+            ref = ref.reshape(x.shape[0])
+        return ref
+
+    def progress(self) -> float:
+        """Training progress ``global_step / estimated_stepping_batches`` in [0, 1]."""
+        total = self.trainer.estimated_stepping_batches
+        if not total or not math.isfinite(total):
+            return 0.0
+        return min(1.0, self.global_step / total)
+
+    # ---------------------------------------------------------------- training
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.loss.set_progress(self.progress())
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y, index = batch
+        logits = self(x)
+        loss = self.loss(logits, y, self.reference(x, index))
+        n = x.shape[0]
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=n,
+            sync_dist=True,
+        )
+        source = getattr(self.loss, "source", None)
+        if source is not None:
+            values = {f"train/{k}": float(v) for k, v in source.values().items()}
+            if values:
+                self.log_dict(values, on_step=True, on_epoch=False, batch_size=n)
+        self.train_metrics.update(logits.detach(), y)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        x, y, _ = batch
+        self.val_metrics.update(self(x), y)
+        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, batch_size=x.shape[0])
+
+    def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        x, y, _ = batch
+        self.test_metrics.update(self(x), y)
+        self.log_dict(self.test_metrics, on_step=False, on_epoch=True, batch_size=x.shape[0])
+
+    def predict_step(
+        self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int
+    ) -> dict[str, Tensor]:
+        """``{"index", "probs"}``: softmax (multiclass) or sigmoid (binary) of the student."""
+        x, _, index = batch
+        logits = self(x)
+        probs = torch.sigmoid(logits) if self.task == "binary" else torch.softmax(logits, dim=-1)
+        return {"index": index, "probs": probs}
+
+    # -------------------------------------------------------------- optimizers
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, **self._run_length_arguments())
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
+
+    def _run_length_arguments(self) -> dict[str, int]:
+        factory = self.scheduler_factory
+        target = getattr(factory, "func", factory)
+        given = set(getattr(factory, "keywords", {}) or {})
+        try:
+            accepted = set(inspect.signature(target).parameters)
+        except (TypeError, ValueError):
+            return {}
+        names = [n for n in _LENGTH_ARGUMENTS if n in accepted and n not in given]
+        if not names or (target is torch.optim.lr_scheduler.OneCycleLR and "epochs" in given):
+            return {}
+        if self.scheduler_interval == "step":
+            length = self.trainer.estimated_stepping_batches
+        else:
+            length = self.trainer.max_epochs
+        if length is None or not math.isfinite(length) or length < 1:
+            raise ValueError(
+                f"scheduler {getattr(target, '__name__', target)} needs the run length "
+                f"({names[0]}), but it is unknown ({length!r}): set trainer.max_epochs or "
+                f"trainer.max_steps, or set the scheduler's {names[0]} explicitly"
+            )
+        return {names[0]: int(length)}
+
+    # ------------------------------------------------- frozen models stay out of checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Drop the frozen reference models' weights: a checkpoint holds the student only."""
+        state = checkpoint.get("state_dict", {})
+        checkpoint["state_dict"] = {
+            k: v for k, v in state.items() if not k.startswith(PROVIDER_PREFIX)
+        }
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ):  # type: ignore[override]
+        """Strict for the student; reference-model keys may be absent (they are never saved)."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not k.startswith(PROVIDER_PREFIX)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                "error loading SoftLabelModule weights: "
+                f"missing keys {missing[:5]}, unexpected keys {result.unexpected_keys[:5]}"
+            )
+        return result

@@ -1,0 +1,168 @@
+"""Every option of every config group composes and instantiates (new files are picked up)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from softlabel.train import CONF_DIR
+
+GROUPS = (
+    "data",
+    "student",
+    "teacher",
+    "previous",
+    "target",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "logger",
+    "callbacks",
+    "experiment",
+)
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in Path(CONF_DIR, group).glob("*.yaml"))
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_every_group_has_options_and_defaults_exist():
+    defaults = OmegaConf.load(os.path.join(CONF_DIR, "train.yaml")).defaults
+    chosen = {k: v for d in defaults if isinstance(d, dict) for k, v in d.items()}
+    for group in GROUPS:
+        assert _options(group), group
+        if chosen.get(group) is not None:
+            assert chosen[group] in _options(group), group
+    cfg = _compose()
+    assert cfg.target._target_ == "softlabel.targets.UniformPrior" and cfg.target.smoothing == 0.1
+    assert cfg.data.source._target_ == "softlabel.data.digits" and cfg.seed == 0
+
+
+@pytest.fixture
+def table(tmp_path):
+    path = tmp_path / "table.csv"
+    rows = ["a,b,label"] + [f"{i % 7},{i % 3},{i % 2}" for i in range(40)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("option", _options("data"))
+def test_data_configs(option, table, tmp_path):
+    overrides = [f"data={option}"]
+    if option == "tabular":
+        overrides += [
+            f"data.source.path={table}",
+            "data.source.features=[a,b]",
+            "data.source.label=label",
+        ]
+    cfg = _compose(*overrides)
+    datamodule = instantiate(cfg.data)
+    assert datamodule.batch_size == cfg.data.batch_size
+    source = instantiate(cfg.data.source)
+    assert callable(source)
+    if option in ("tabular", "digits", "synthetic"):
+        datamodule.setup("fit")
+        x, y, index = next(iter(datamodule.train_dataloader()))
+        assert x.shape[1:] == tuple(datamodule.input_shape) and y.shape == index.shape
+
+
+def _forward(model_cfg, shape=(3, 16, 16)):
+    from softlabel.models import build_model
+
+    model = build_model(model_cfg, shape, 10)
+    out = model.eval()(torch.zeros(2, *shape))
+    assert out.shape == (2, 10)
+
+
+@pytest.mark.parametrize("option", _options("student"))
+def test_student_configs(option):
+    _forward(_compose(f"student={option}").student)
+
+
+@pytest.mark.parametrize("group", ["teacher", "previous"])
+def test_teacher_and_previous_configs(group):
+    for option in _options(group):
+        if option in ("none", "cached"):
+            continue
+        cfg = _compose(f"{group}={option}", f"{group}.checkpoint=x.ckpt")
+        assert cfg[group].checkpoint == "x.ckpt"
+        # the same model config as the student option (built in test_student_configs)
+        assert cfg[group].model == _compose(f"student={option}").student
+    assert _compose().previous.model is None  # null: the student's architecture
+
+
+@pytest.mark.parametrize("option", _options("target"))
+def test_target_configs(option):
+    source = instantiate(_compose(f"target={option}").target)
+    assert source.name == option  # the method name recorded in metrics.json
+
+
+@pytest.mark.parametrize("option", _options("optimizer"))
+def test_optimizer_configs(option):
+    factory = instantiate(_compose(f"optimizer={option}").optimizer)
+    optimizer = factory([torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(optimizer, torch.optim.Optimizer)
+
+
+@pytest.mark.parametrize("option", _options("scheduler"))
+def test_scheduler_configs(option):
+    from softlabel.modules.build import scheduler_parts
+
+    factory, interval = scheduler_parts(_compose(f"scheduler={option}"))
+    assert interval in ("step", "epoch")
+    if option == "none":
+        assert factory is None
+        return
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    scheduler = factory(optimizer, T_max=10)
+    assert scheduler.get_last_lr() == [1.0]
+
+
+@pytest.mark.parametrize("option", _options("trainer"))
+def test_trainer_configs(option, tmp_path):
+    import lightning as L
+
+    cfg = _compose(f"trainer={option}")
+    trainer = instantiate(cfg.trainer, accelerator="cpu", logger=False, default_root_dir=tmp_path)
+    assert isinstance(trainer, L.Trainer) and trainer.max_epochs == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize("option", _options("logger"))
+def test_logger_configs(option, tmp_path):
+    logger = instantiate(_compose(f"logger={option}").logger, save_dir=str(tmp_path))
+    assert str(tmp_path) in logger.log_dir
+
+
+@pytest.mark.parametrize("option", _options("callbacks"))
+def test_callback_configs(option, tmp_path):
+    import lightning as L
+
+    nodes = _compose(f"callbacks={option}").callbacks
+    callbacks = [
+        instantiate(n, **({"monitor": "val/nll"} if "Checkpoint" in n._target_ else {}))
+        for n in nodes.values()
+    ]
+    assert all(isinstance(c, L.Callback) for c in callbacks)
+    assert any(type(c).__name__ == "ModelCheckpoint" and c.save_last for c in callbacks)
+
+
+@pytest.mark.parametrize("option", _options("experiment"))
+def test_experiment_configs(option):
+    cfg = (
+        _compose(f"experiment={option}", "teacher.checkpoint=x.ckpt")
+        if "kd" in option
+        else _compose(f"experiment={option}")
+    )
+    OmegaConf.resolve(cfg)
+    assert instantiate(cfg.target).name in ("hard", "ls", "ls_prior", "kd", "reloop")
