@@ -1,0 +1,300 @@
+"""Cost of knowledge distillation from the offline teacher cache, and what top-k keeps.
+
+    .venv/bin/python benchmarks/train.py                # the full run recorded in docs/teacher_cache.md
+    .venv/bin/python benchmarks/train.py --quick        # a smoke run (numbers not meaningful)
+
+1. Speed, per dataset (digits, mnist_subset; the digits_kd recipe: student mlp_small,
+   teacher mlp_large): seconds per training epoch of hard-label training, of KD from a
+   dense cache and of KD with the live teacher. All three use the same data module,
+   student, optimizer and scheduler and the same ``lightning.Trainer`` settings
+   (CPU, no validation, no logger, no checkpointing, no progress bar); an epoch is timed
+   from ``on_train_epoch_start`` to ``on_train_epoch_end``. The modes are interleaved
+   repeat by repeat; the first epoch of every fit is dropped as warm-up and the median
+   over the rest is reported, with its ratio to the hard-label median.
+2. Top-k, on ``synthetic(num_classes=100)``: bytes on disk of the dense and the top-k
+   caches (k in 1, 5, 10, 20) and the test accuracy (last epoch, no model selection) of
+   KD students trained from each, with the same seeds for every cache.
+
+The teachers are trained here first (hard labels, same Trainer settings); caches are
+written with ``softlabel.cache.cli.build_cache`` (what ``softlabel-cache`` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = str(ROOT / "conf")
+SYNTHETIC_100 = [
+    "data=synthetic",
+    "data.source.num_classes=100",
+    "data.source.num_samples=20000",
+    "data.source.num_features=32",
+    "data.batch_size=256",
+]
+SPEED_MODES = ("hard", "kd_cache", "kd_live")
+#: diagnostic modes: the same KD runs without the per-step logging of the KD
+#: hyper-parameters (SoftLabelModule logs ``source.values()`` at every step)
+QUIET_MODES = ("kd_cache_quiet", "kd_live_quiet")
+
+
+def compose_config(name: str, overrides: list[str]) -> Any:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+def make_trainer(epochs: int, callbacks: list[Any]) -> Any:
+    import lightning as L
+
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        callbacks=callbacks,
+    )
+
+
+def epoch_timer() -> Any:
+    """A Lightning callback collecting the wall time of every training epoch."""
+    from lightning.pytorch.callbacks import Callback
+
+    class EpochTimer(Callback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self._start = 0.0
+
+        def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+            self._start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return EpochTimer()
+
+
+def build_module(cfg: Any, datamodule: Any) -> Any:
+    """The SoftLabelModule ``softlabel-train`` would build from ``cfg`` (same builders)."""
+    from hydra.utils import instantiate
+
+    from softlabel.modules import SoftLabelModule
+    from softlabel.modules.build import (
+        build_loss,
+        build_model,
+        build_reference_provider,
+        scheduler_parts,
+    )
+
+    loss = build_loss(cfg, datamodule)
+    provider, _ = build_reference_provider(cfg, loss.source.reference, datamodule)
+    scheduler, interval = scheduler_parts(cfg)
+    return SoftLabelModule(
+        build_model(cfg.student, datamodule),
+        loss,
+        optimizer=instantiate(cfg.optimizer, _partial_=True),
+        scheduler=scheduler,
+        scheduler_interval=interval,
+        reference_provider=provider,
+        num_classes=int(datamodule.num_classes),
+    )
+
+
+def fit(
+    cfg: Any, datamodule: Any, epochs: int, seed: int, quiet: bool = False
+) -> tuple[Any, list[float]]:
+    """Train the module of ``cfg`` for ``epochs``; returns (trainer, seconds per epoch).
+
+    ``quiet``: the target source reports no hyper-parameters, so nothing extra is logged
+    per step (a diagnostic of where the KD overhead goes).
+    """
+    import lightning as L
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = build_module(cfg, datamodule)
+    if quiet:
+        module.loss.source.values = dict
+    timer = epoch_timer()
+    trainer = make_trainer(epochs, [timer])
+    trainer.fit(module, datamodule=datamodule)
+    return trainer, timer.seconds
+
+
+def test_accuracy(trainer: Any, datamodule: Any) -> float:
+    (result,) = trainer.test(trainer.lightning_module, datamodule=datamodule, verbose=False)
+    return float(result["test/acc"])
+
+
+def train_teacher(data: list[str], datamodule: Any, epochs: int, path: Path) -> Path:
+    cfg = compose_config("train", [*data, "student=mlp_large", "target=hard"])
+    trainer, _ = fit(cfg, datamodule, epochs, seed=0)
+    torch.save(trainer.lightning_module.student.state_dict(), path)
+    print(f"  teacher mlp_large: test acc {test_accuracy(trainer, datamodule):.4f}", flush=True)
+    return path
+
+
+def write_cache(data: list[str], checkpoint: Path, out: Path, kind: str, k: int = 10) -> Any:
+    from softlabel.cache import TeacherCache
+    from softlabel.cache.cli import build_cache
+
+    overrides = [*data, "teacher=mlp_large", f"teacher.checkpoint={checkpoint}", f"out={out}"]
+    overrides += [f"kind={kind}", f"k={k}", "progress=false", "overwrite=true"]
+    return TeacherCache.open(build_cache(compose_config("cache", overrides)))
+
+
+def speed(dataset: str, work: Path, epochs: int, repeats: int, teacher_epochs: int) -> list[str]:
+    """Median seconds per epoch of hard / KD-from-cache / KD-live training, and ratios."""
+    from softlabel.modules.build import build_datamodule
+
+    data = [f"data={dataset}"]
+    print(f"[speed] {dataset}", flush=True)
+    datamodule = build_datamodule(compose_config("train", data))
+    checkpoint = train_teacher(data, datamodule, teacher_epochs, work / f"{dataset}_teacher.pt")
+    cache = write_cache(data, checkpoint, work / f"{dataset}_dense", "dense")
+    student = [*data, "student=mlp_small"]
+    configs = {
+        "hard": compose_config("train", [*student, "target=hard"]),
+        "kd_cache": compose_config(
+            "train", [*student, "target=kd", "teacher=cached", f"teacher.cache={cache.path}"]
+        ),
+        "kd_live": compose_config(
+            "train",
+            [*student, "target=kd", "teacher=mlp_large", f"teacher.checkpoint={checkpoint}"],
+        ),
+    }
+    modes = SPEED_MODES + QUIET_MODES
+    seconds: dict[str, list[float]] = {mode: [] for mode in modes}
+    for repeat in range(repeats):
+        for mode in modes:
+            base, quiet = mode.removesuffix("_quiet"), mode.endswith("_quiet")
+            _, per_epoch = fit(configs[base], datamodule, epochs, seed=repeat, quiet=quiet)
+            seconds[mode].extend(per_epoch[1:])
+    hard = statistics.median(seconds["hard"])
+    rows = []
+    for mode in modes:
+        median = statistics.median(seconds[mode])
+        spread = f"{min(seconds[mode]):.3f}-{max(seconds[mode]):.3f}"
+        rows.append(
+            f"| {dataset} | {mode} | {median:.3f} | {spread} | {median / hard:.2f}x | "
+            f"{len(seconds[mode])} |"
+        )
+    return rows
+
+
+def topk(
+    work: Path, epochs: int, teacher_epochs: int, seeds: list[int], ks: list[int], student: str
+) -> list[str]:
+    """Bytes and KD test accuracy of dense vs top-k caches on a K = 100 synthetic task."""
+    from softlabel.modules.build import build_datamodule
+
+    print("[topk] synthetic, K = 100", flush=True)
+    datamodule = build_datamodule(compose_config("train", SYNTHETIC_100))
+    checkpoint = train_teacher(SYNTHETIC_100, datamodule, teacher_epochs, work / "syn_teacher.pt")
+    caches = {"dense": write_cache(SYNTHETIC_100, checkpoint, work / "syn_dense", "dense")}
+    for k in ks:
+        caches[f"top-{k}"] = write_cache(SYNTHETIC_100, checkpoint, work / f"syn_top{k}", "topk", k)
+    base = [*SYNTHETIC_100, f"student={student}"]
+    accuracy: dict[str, list[float]] = {name: [] for name in ["hard", *caches]}
+    for seed in seeds:
+        trainer, _ = fit(compose_config("train", [*base, "target=hard"]), datamodule, epochs, seed)
+        accuracy["hard"].append(test_accuracy(trainer, datamodule))
+        for name, cache in caches.items():
+            overrides = [*base, "target=kd", "teacher=cached", f"teacher.cache={cache.path}"]
+            trainer, _ = fit(compose_config("train", overrides), datamodule, epochs, seed)
+            accuracy[name].append(test_accuracy(trainer, datamodule))
+        print(
+            f"  seed {seed}: " + ", ".join(f"{n} {v[-1]:.4f}" for n, v in accuracy.items()),
+            flush=True,
+        )
+    dense_mean = statistics.mean(accuracy["dense"])
+    rows = []
+    for name, values in accuracy.items():
+        size = caches[name].nbytes if name in caches else 0
+        ratio = f"{size / caches['dense'].nbytes:.3f}" if name in caches else "-"
+        mean = statistics.mean(values)
+        per_seed = " ".join(f"{100 * v:.2f}" for v in values)
+        label = "hard labels (no teacher)" if name == "hard" else f"KD from {name}"
+        rows.append(
+            f"| {label} | {size if size else '-'} | {ratio} | {100 * mean:.2f} | "
+            f"{100 * (mean - dense_mean):+.2f} | {per_seed} |"
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per timed fit")
+    parser.add_argument("--repeats", type=int, default=3, help="timed fits per mode")
+    parser.add_argument("--teacher-epochs", type=int, default=15)
+    parser.add_argument("--topk-epochs", type=int, default=15)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10, 20])
+    parser.add_argument("--datasets", nargs="*", default=["digits", "mnist_subset"])
+    parser.add_argument(
+        "--topk-student", default="mlp_small", help="student config of the top-k runs"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--skip-topk", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs, args.repeats, args.teacher_epochs, args.topk_epochs = 2, 1, 1, 1
+        args.seeds, args.datasets = [0], ["digits"]
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*`training_step` returns `None`.*")
+    torch.set_num_threads(args.threads)
+    print(f"command: {' '.join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+
+    with tempfile.TemporaryDirectory(prefix="softlabel-bench-") as tmp:
+        work = Path(tmp)
+        speed_rows = []
+        for dataset in args.datasets:
+            speed_rows += speed(dataset, work, args.epochs, args.repeats, args.teacher_epochs)
+        topk_rows = (
+            []
+            if args.skip_topk
+            else topk(
+                work, args.topk_epochs, args.teacher_epochs, args.seeds, args.ks, args.topk_student
+            )
+        )
+
+    if speed_rows:
+        print(
+            f"\nSeconds per training epoch (median of {args.repeats} fits x {args.epochs - 1} epochs, "
+            "first epoch dropped)"
+        )
+        print("(*_quiet: diagnostic, the same KD runs without per-step logging of T and alpha)")
+        print("| data | mode | s/epoch | min-max | ratio to hard | epochs timed |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(speed_rows))
+    if topk_rows:
+        print(
+            f"\nTop-k on synthetic K=100 (20000 samples, 32 features; student {args.topk_student}, "
+            f"{args.topk_epochs} epochs; seeds {args.seeds})"
+        )
+        print(
+            "| targets | bytes on disk | bytes / dense | test acc % (mean) | vs dense (points) | per seed |"
+        )
+        print("|---|---|---|---|---|---|")
+        print("\n".join(topk_rows))
+
+
+if __name__ == "__main__":
+    main()

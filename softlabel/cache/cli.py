@@ -1,0 +1,127 @@
+"""``softlabel-cache``: run a teacher once over a dataset and store its logits by index.
+
+    softlabel-cache data=digits teacher=mlp_large teacher.checkpoint=PATH out=caches/digits
+    softlabel-cache data=digits teacher=mlp_large teacher.checkpoint=PATH out=DIR kind=topk k=10
+
+Torch, Lightning and the data/model code are imported inside the job, so ``--help``
+answers at once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "conf"))
+
+__all__ = ["CONF_DIR", "build_cache", "main"]
+
+
+def _required(cfg: DictConfig, key: str, hint: str, *, name: str | None = None) -> Any:
+    """``cfg[key]``, or a ValueError naming the key when it is missing or null."""
+    if OmegaConf.is_missing(cfg, key) or cfg.get(key) is None:
+        raise ValueError(f"{name or key} is not set: {hint}")
+    return cfg[key]
+
+
+def _check_options(cfg: DictConfig) -> None:
+    """Fail on bad options before the data and the teacher are loaded."""
+    from softlabel.cache.format import KINDS, VALUE_DTYPES
+
+    if cfg.kind not in KINDS:
+        raise ValueError(f"kind={cfg.kind!r} is not allowed; use one of {KINDS}")
+    if cfg.dtype not in VALUE_DTYPES:
+        raise ValueError(f"dtype={cfg.dtype!r} is not allowed; use one of {VALUE_DTYPES}")
+    if cfg.kind == "topk" and (not isinstance(cfg.k, int) or cfg.k < 1):
+        raise ValueError(f"k={cfg.k!r} must be a positive integer for kind=topk")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise ValueError(f"batch_size={cfg.batch_size!r} must be a positive integer")
+
+
+def build_cache(cfg: DictConfig) -> Path:
+    """Run ``cfg.teacher`` over every index of ``cfg.data`` and write the cache at ``cfg.out``."""
+    teacher_cfg = cfg.teacher
+    kind = teacher_cfg.get("kind", "live")
+    if kind != "live":
+        raise ValueError(
+            f"teacher.kind={kind!r}: softlabel-cache needs a teacher model and its checkpoint, "
+            "e.g. teacher=mlp_large teacher.checkpoint=PATH"
+        )
+    checkpoint = _required(
+        teacher_cfg,
+        "checkpoint",
+        "give teacher.checkpoint=PATH to the trained teacher's weights",
+        name="teacher.checkpoint",
+    )
+    out = _required(cfg, "out", "give out=DIR, the cache directory to write")
+    _check_options(cfg)
+
+    import torch
+    from rich.progress import track
+    from torch.utils.data import DataLoader
+
+    from softlabel.cache.guards import inputs_fingerprint
+    from softlabel.cache.writer import CacheWriter
+    from softlabel.modules.build import absolute_path, build_datamodule, build_model
+    from softlabel.modules.checkpoints import check_output_dim, file_sha256, load_weights
+
+    out_path = Path(absolute_path(out))
+    checkpoint_path = absolute_path(checkpoint)
+    if not os.path.isfile(checkpoint_path):
+        raise FileNotFoundError(
+            f"teacher checkpoint not found: {checkpoint_path!r} (from teacher.checkpoint={checkpoint!r})"
+        )
+    datamodule = build_datamodule(cfg)
+    if datamodule.task != "multiclass":
+        raise ValueError(
+            f"data task={datamodule.task!r}: a teacher cache holds multiclass logits (K >= 2)"
+        )
+    num_classes = int(datamodule.num_classes)
+    teacher = build_model(teacher_cfg.model, datamodule)
+    load_weights(teacher, checkpoint_path, role="teacher")
+    check_output_dim(teacher, datamodule.input_shape, num_classes, role="teacher")
+    device = torch.device(cfg.device)
+    teacher.to(device).eval()
+
+    dataset = datamodule.full_dataset()
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False)
+    recorded = OmegaConf.to_container(teacher_cfg, resolve=True)
+    assert isinstance(recorded, dict)
+    recorded["checkpoint"] = checkpoint_path
+    with CacheWriter(
+        out_path,
+        kind=cfg.kind,
+        num_samples=len(dataset),
+        num_classes=num_classes,
+        k=int(cfg.k) if cfg.kind == "topk" else None,
+        dtype=cfg.dtype,
+        fingerprint=datamodule.fingerprint,
+        teacher_sha256=file_sha256(checkpoint_path),
+        teacher_config=recorded,
+        inputs_fingerprint=inputs_fingerprint(datamodule),
+        overwrite=bool(cfg.overwrite),
+    ) as writer:
+        batches = track(
+            loader, total=len(loader), description="teacher logits", disable=not cfg.progress
+        )
+        with torch.inference_mode():
+            for x, _, index in batches:
+                writer.write(index, teacher(x.to(device)).float().cpu())
+        return writer.commit()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="cache")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: write the cache and print what was written."""
+    from softlabel.cache.reader import TeacherCache
+
+    cache = TeacherCache.open(build_cache(cfg))
+    print(f"wrote {cache!r}: {cache.nbytes} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Checks made before a cache is used for training, and what identifies its inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+from softlabel.cache.reader import TeacherCache
+
+
+def inputs_fingerprint(datamodule: Any) -> str:
+    """Hex sha256 of what the teacher's inputs depend on: the data and its preprocessing.
+
+    ``sha256(fingerprint | normalize | split_fingerprint)``; the split enters only when the
+    data module normalises, because the statistics come from the train split.
+    """
+    normalize = bool(getattr(datamodule, "normalize", False))
+    parts = [str(datamodule.fingerprint), f"normalize={normalize}"]
+    if normalize:
+        parts.append(str(datamodule.split_fingerprint))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def check_augmentation(has_random_augmentation: bool, *, allow_augmentation: bool) -> None:
+    """Refuse a cache with random data augmentation unless the user opted in.
+
+    Cached logits were computed on the un-augmented inputs, so they do not match what the
+    student sees under random augmentation.
+    """
+    if has_random_augmentation and not allow_augmentation:
+        raise ValueError(
+            "the data config applies random augmentation, but a teacher cache holds logits of "
+            "the un-augmented inputs; use a live teacher, disable the augmentation, or opt in "
+            "with teacher.allow_augmentation=true"
+        )
+
+
+def open_for_datamodule(
+    path: str | os.PathLike[str],
+    datamodule: Any,
+    *,
+    teacher_sha256: str | None = None,
+    allow_augmentation: bool = False,
+) -> TeacherCache:
+    """Open the cache at ``path`` for training on ``datamodule``.
+
+    Checks the data's ``fingerprint``, ``num_classes`` and :func:`inputs_fingerprint` (and
+    ``teacher_sha256`` when given) against the manifest, and refuses random augmentation
+    unless ``allow_augmentation``.
+    """
+    check_augmentation(
+        bool(getattr(datamodule, "has_random_augmentation", False)),
+        allow_augmentation=allow_augmentation,
+    )
+    return TeacherCache.open(
+        path,
+        fingerprint=datamodule.fingerprint,
+        num_classes=datamodule.num_classes,
+        teacher_sha256=teacher_sha256,
+        inputs_fingerprint=inputs_fingerprint(datamodule),
+    )

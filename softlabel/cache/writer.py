@@ -1,0 +1,283 @@
+"""Atomic writing of a teacher cache.
+
+Rows are streamed into ``.npy`` memmaps inside ``<path>.tmp-<random>`` (same parent
+directory); :meth:`CacheWriter.commit` flushes and fsyncs them, writes ``manifest.json``
+last and moves the directory into place with ``os.replace``. An interrupted write leaves
+only the temporary directory, which has no manifest and is refused by the reader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+
+from softlabel.cache.format import (
+    DENSE_LOGITS,
+    MANIFEST_NAME,
+    TOPK_INDEX,
+    TOPK_LOGPROB,
+    Manifest,
+    index_dtype_for,
+    validate_layout,
+)
+
+CACHE_FILES = frozenset({MANIFEST_NAME, DENSE_LOGITS, TOPK_INDEX, TOPK_LOGPROB})
+
+
+def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k classes and their log-probabilities at T = 1.
+
+    ``logp = log_softmax(logits)`` over all K classes; returns ``(index, logp[index])``,
+    each ``(B, k)``, most probable class first.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    values, index = logp.topk(k, dim=-1, largest=True, sorted=True)
+    return index, values
+
+
+class CacheWriter:
+    """Streams teacher outputs into a new cache directory and publishes it atomically.
+
+    Use as a context manager: leaving the block by an exception removes the temporary
+    directory; :meth:`commit` must be called explicitly once every row is written.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        kind: str,
+        num_samples: int,
+        num_classes: int,
+        fingerprint: str,
+        teacher_sha256: str,
+        k: int | None = None,
+        dtype: str = "float16",
+        teacher_config: dict[str, Any] | None = None,
+        inputs_fingerprint: str | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        validate_layout(kind, num_samples, num_classes, k, dtype)
+        self.path = Path(path).absolute()
+        self.overwrite = overwrite
+        self._check_target()
+        self.manifest = Manifest(
+            kind=kind,
+            num_samples=num_samples,
+            num_classes=num_classes,
+            dtype=dtype,
+            fingerprint=str(fingerprint),
+            teacher_sha256=str(teacher_sha256),
+            k=k,
+            index_dtype=index_dtype_for(num_classes) if kind == "topk" else None,
+            teacher_config=dict(teacher_config or {}),
+            inputs_fingerprint=inputs_fingerprint,
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = _make_temporary_dir(self.path)
+        try:
+            self._arrays: dict[str, np.memmap] = {
+                name: np.lib.format.open_memmap(
+                    self.tmp_dir / name, mode="w+", dtype=dtype_, shape=shape
+                )
+                for name, (shape, dtype_) in self.manifest.array_specs().items()
+            }
+        except BaseException:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            raise
+        self._written = np.zeros(num_samples, dtype=bool)
+        self._done = False
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is not None or not self._done:
+            self.abort()
+
+    @property
+    def rows_written(self) -> int:
+        return int(self._written.sum())
+
+    def write(self, index: torch.Tensor, logits: torch.Tensor) -> None:
+        """Store the teacher ``logits`` (B, K) of the dataset items ``index`` (B,)."""
+        if self._done:
+            raise ValueError(f"teacher cache {str(self.path)!r} is already committed or aborted")
+        index, logits = self._checked_batch(index, logits)
+        rows = index.numpy()
+        if self.manifest.kind == "dense":
+            values = logits.float().numpy()
+            largest = float(np.abs(values).max(initial=0.0))
+            if largest > float(np.finfo(self.manifest.dtype).max):
+                raise ValueError(
+                    f"teacher logits up to |{largest:.4g}| do not fit dtype="
+                    f"{self.manifest.dtype!r}; use dtype=float32"
+                )
+            self._arrays[DENSE_LOGITS][rows] = values
+        else:
+            assert self.manifest.k is not None
+            top_index, top_logp = topk_logprobs(logits, self.manifest.k)
+            self._arrays[TOPK_INDEX][rows] = top_index.numpy().astype(self.manifest.index_dtype)
+            self._arrays[TOPK_LOGPROB][rows] = top_logp.numpy().astype(self.manifest.dtype)
+        self._written[rows] = True
+
+    def commit(self) -> Path:
+        """Flush, fsync, write the manifest last and move the cache into place."""
+        if self._done:
+            raise ValueError(f"teacher cache {str(self.path)!r} is already committed or aborted")
+        missing = int((~self._written).sum())
+        if missing:
+            first = int(np.flatnonzero(~self._written)[0])
+            raise ValueError(
+                f"teacher cache {str(self.path)!r}: {missing} of {self.manifest.num_samples} rows "
+                f"were never written (first missing index {first}); every dataset index is needed"
+            )
+        for name, array in self._arrays.items():
+            array.flush()
+            _fsync_file(self.tmp_dir / name)
+        self._arrays.clear()
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest = dataclasses.replace(self.manifest, created=created)
+        (self.tmp_dir / MANIFEST_NAME).write_text(manifest.to_json())
+        _fsync_file(self.tmp_dir / MANIFEST_NAME)
+        _fsync_dir(self.tmp_dir)
+        self._publish()
+        self._done = True
+        self.manifest = manifest
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the temporary directory; the target path is left untouched."""
+        self._arrays.clear()
+        self._done = True
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+    def _check_target(self) -> None:
+        if not self.path.exists():
+            return
+        if not self.overwrite:
+            raise FileExistsError(
+                f"teacher cache path={str(self.path)!r} already exists; pass overwrite=true "
+                "to replace it"
+            )
+        foreign = sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else [""]
+        foreign = [name for name in foreign if name not in CACHE_FILES]
+        if foreign:
+            raise ValueError(
+                f"path={str(self.path)!r} exists and is not a teacher cache (it holds {foreign}); "
+                "refusing to replace it even with overwrite=true"
+            )
+
+    def _publish(self) -> None:
+        """``os.replace`` the finished directory onto the target (swapping an old cache out)."""
+        self._check_target()
+        if not self.path.exists():
+            os.replace(self.tmp_dir, self.path)
+        else:
+            old = self.path.with_name(f"{self.path.name}.old-{secrets.token_hex(4)}")
+            os.replace(self.path, old)
+            try:
+                os.replace(self.tmp_dir, self.path)
+            except OSError:
+                os.replace(old, self.path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(self.path.parent)
+
+    def _checked_batch(
+        self, index: torch.Tensor, logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(index).detach().cpu()
+        logits = torch.as_tensor(logits).detach().cpu()
+        num_samples, num_classes = self.manifest.num_samples, self.manifest.num_classes
+        if index.ndim != 1 or index.dtype.is_floating_point or index.dtype == torch.bool:
+            raise ValueError(
+                f"index must be a 1-D integer tensor, got shape={tuple(index.shape)} "
+                f"dtype={index.dtype}"
+            )
+        if logits.shape != (index.numel(), num_classes):
+            raise ValueError(
+                f"logits shape={tuple(logits.shape)} must be (len(index), num_classes) = "
+                f"({index.numel()}, {num_classes})"
+            )
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_samples):
+            raise ValueError(
+                f"index values must lie in [0, {num_samples - 1}], got "
+                f"[{int(index.min())}, {int(index.max())}]"
+            )
+        if not torch.isfinite(logits).all():
+            raise ValueError("teacher logits contain NaN or inf")
+        return index.long(), logits
+
+
+def write_cache(
+    path: str | os.PathLike[str],
+    logits: torch.Tensor,
+    *,
+    kind: str,
+    fingerprint: str,
+    teacher_sha256: str,
+    k: int | None = None,
+    dtype: str = "float16",
+    teacher_config: dict[str, Any] | None = None,
+    inputs_fingerprint: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the teacher ``logits`` (N, K) of a whole dataset (row i = dataset index i)."""
+    if logits.ndim != 2:
+        raise ValueError(
+            f"logits must be (num_samples, num_classes), got shape={tuple(logits.shape)}"
+        )
+    with CacheWriter(
+        path,
+        kind=kind,
+        num_samples=logits.shape[0],
+        num_classes=logits.shape[1],
+        fingerprint=fingerprint,
+        teacher_sha256=teacher_sha256,
+        k=k,
+        dtype=dtype,
+        teacher_config=teacher_config,
+        inputs_fingerprint=inputs_fingerprint,
+        overwrite=overwrite,
+    ) as writer:
+        writer.write(torch.arange(logits.shape[0]), logits)
+        return writer.commit()
+
+
+def _make_temporary_dir(path: Path) -> Path:
+    """A new empty ``<path>.tmp-<random>`` beside ``path`` (mode 0o777 minus the umask)."""
+    while True:
+        candidate = path.with_name(f"{path.name}.tmp-{secrets.token_hex(6)}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,128 @@
+"""softlabel-cache end to end on digits, and the checks made before a cache is trained on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from softlabel.cache import TeacherCache, open_for_datamodule, write_cache
+from softlabel.cache.cli import CONF_DIR, build_cache
+
+
+def cache_config(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("cache", overrides=["data=digits", "teacher=mlp_small", *overrides])
+
+
+@pytest.fixture(scope="module")
+def digits_setup(tmp_path_factory):
+    """A random-weight mlp_small teacher saved to disk, its data module and its full-data logits."""
+    from softlabel.modules.build import build_datamodule, build_model
+
+    cfg = cache_config("out=unused", "teacher.checkpoint=unused")
+    datamodule = build_datamodule(cfg)
+    teacher = build_model(cfg.teacher.model, datamodule).eval()
+    checkpoint = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    torch.save(teacher.state_dict(), checkpoint)
+    dataset = datamodule.full_dataset()
+    x = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    with torch.no_grad():
+        logits = teacher(x)
+    return checkpoint, datamodule, logits
+
+
+def test_dense_cache_holds_the_teacher_logits_by_index(tmp_path, digits_setup):
+    checkpoint, datamodule, logits = digits_setup
+    cfg = cache_config(
+        f"teacher.checkpoint={checkpoint}",
+        f"out={tmp_path / 'c'}",
+        "batch_size=500",
+        "progress=false",
+    )
+    path = build_cache(cfg)
+    cache = open_for_datamodule(path, datamodule)
+    assert (len(cache), cache.num_classes, cache.kind) == (1797, 10, "dense")
+    index = torch.tensor([1796, 0, 512, 3])
+    expected = logits[index].numpy().astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(cache.lookup(index).numpy(), expected, rtol=1e-3, atol=1e-3)
+    from softlabel.modules.checkpoints import file_sha256
+
+    assert cache.teacher_sha256 == file_sha256(checkpoint)
+    assert cache.manifest.teacher_config["checkpoint"] == str(checkpoint)
+
+
+def test_topk_cache_keeps_the_teacher_top_classes(tmp_path, digits_setup):
+    checkpoint, datamodule, logits = digits_setup
+    cfg = cache_config(
+        f"teacher.checkpoint={checkpoint}",
+        f"out={tmp_path / 'c'}",
+        "kind=topk",
+        "k=3",
+        "progress=false",
+    )
+    cache = TeacherCache.open(build_cache(cfg), fingerprint=datamodule.fingerprint)
+    kept = np.load(cache.path / "topk_index.npy")
+    assert kept.shape == (1797, 3)
+    assert (np.sort(kept, 1) == np.sort(logits.topk(3, -1).indices.numpy(), 1)).mean() > 0.999
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        (["out=x"], ValueError, "teacher.checkpoint is not set"),
+        (
+            ["teacher.checkpoint=/no/such/file.pt", "out=x"],
+            FileNotFoundError,
+            "teacher checkpoint not found",
+        ),
+        (["teacher=cached", "teacher.cache=x", "out=x"], ValueError, "teacher.kind='cached'"),
+        (["teacher.checkpoint=t.pt"], ValueError, "out is not set"),
+        (
+            ["teacher.checkpoint=t.pt", "out=x", "kind=sparse"],
+            ValueError,
+            "kind='sparse' is not allowed",
+        ),
+    ],
+)
+def test_cli_refuses_bad_configs_before_running_the_teacher(overrides, error, message):
+    with pytest.raises(error, match=message):
+        build_cache(cache_config(*overrides))
+
+
+def test_cache_for_other_data_or_preprocessing_is_refused(tmp_path, digits_setup):
+    from softlabel.modules.build import build_datamodule
+
+    checkpoint, datamodule, logits = digits_setup
+    path = build_cache(
+        cache_config(f"teacher.checkpoint={checkpoint}", f"out={tmp_path / 'c'}", "progress=false")
+    )
+    other_split = build_datamodule(cache_config("data.seed=1", "out=x", "teacher.checkpoint=x"))
+    assert other_split.fingerprint == datamodule.fingerprint
+    with pytest.raises(ValueError, match="inputs_fingerprint mismatch"):
+        open_for_datamodule(path, other_split)
+    other_data = build_datamodule(cache_config("data=synthetic", "out=x", "teacher.checkpoint=x"))
+    with pytest.raises(ValueError, match="fingerprint mismatch: the cache has fingerprint='9"):
+        open_for_datamodule(path, other_data)
+
+
+def test_random_augmentation_is_refused_unless_allowed(tmp_path):
+    from softlabel.data import ArraySource, SoftLabelDataModule
+
+    rng = np.random.default_rng(0)
+    source = ArraySource("tiny_images", rng.random((30, 3, 4, 4)), np.arange(30) % 3, 3, (3, 4, 4))
+    augmented = SoftLabelDataModule(source, augment=True, batch_size=8)
+    assert augmented.has_random_augmentation
+    path = write_cache(
+        tmp_path / "c",
+        torch.randn(30, 3),
+        kind="dense",
+        fingerprint=augmented.fingerprint,
+        teacher_sha256="h",
+    )
+    with pytest.raises(ValueError, match="random augmentation.*teacher.allow_augmentation=true"):
+        open_for_datamodule(path, augmented)
+    assert len(open_for_datamodule(path, augmented, allow_augmentation=True)) == 30
+    plain = SoftLabelDataModule(source, augment=False, batch_size=8)
+    assert len(open_for_datamodule(path, plain)) == 30
