@@ -153,11 +153,13 @@ def test_training_advances_schedule_and_logs_values(tmp_path):
         enable_model_summary=False,
         default_root_dir=tmp_path,
         num_sanity_val_steps=0,
+        log_every_n_steps=1,
     )
     trainer.fit(module, train_dataloaders=_loader(), val_dataloaders=_loader())
     total = 8  # 2 epochs x 4 batches
     assert trainer.global_step == total
     # last step ran at progress 7/8: smoothing = 0.4 * 7/8
+    assert source.smoothing == pytest.approx(0.4 * 7 / 8)
     assert trainer.callback_metrics["train/smoothing"].item() == pytest.approx(0.4 * 7 / 8)
     assert module.lr_schedulers().T_max == total
     assert {"train/loss_epoch", "train/acc", "val/acc", "val/nll", "val/ece", "train/nll"} <= set(

@@ -125,13 +125,20 @@ class SoftLabelModule(L.LightningModule):
             sync_dist=True,
         )
         source = getattr(self.loss, "source", None)
-        if source is not None:
+        if source is not None and self._is_logging_step():
+            # The hyper-parameters in force (schedules move them); logged at the logger's
+            # interval only, since a log call per step costs more than a cached lookup.
             values = {f"train/{k}": float(v) for k, v in source.values().items()}
             if values:
                 self.log_dict(values, on_step=True, on_epoch=False, batch_size=n)
         self.train_metrics.update(logits.detach(), y)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=n)
         return loss
+
+    def _is_logging_step(self) -> bool:
+        trainer = self._trainer
+        every = getattr(trainer, "log_every_n_steps", 1) if trainer is not None else 1
+        return self.global_step % max(int(every), 1) == 0
 
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         x, y, _ = batch
