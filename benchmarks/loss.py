@@ -1,0 +1,260 @@
+"""Benchmark of the fused soft-target loss against the textbook PyTorch formulations.
+
+Forward + backward time (median of ``--repeat`` runs after one warm-up) and peak extra
+memory of each variant, with ratios to the reference measured in the same run. On CPU the
+peak memory of each variant is measured in a fresh subprocess (peak resident size VmHWM
+after the run minus the resident size VmRSS once the inputs exist); on CUDA with ``torch.cuda.max_memory_allocated``.
+
+    python benchmarks/loss.py --threads 2 --n 4096 --k 32000 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from softlabel.kernels import fused_soft_target_loss
+
+EPS, TEMPERATURE, ALPHA, IGNORE = 0.1, 4.0, 0.9, -100
+
+# variant name -> (group, reference variant of the group)
+VARIANTS = {
+    "softmax (floor, forward only)": ("floor", None),
+    "CE: torch cross_entropy": ("CE", None),
+    "CE: fused": ("CE", "CE: torch cross_entropy"),
+    "LS: torch cross_entropy(label_smoothing)": ("LS", None),
+    "LS: one-hot soft targets (naive)": ("LS", "LS: torch cross_entropy(label_smoothing)"),
+    "LS: fused": ("LS", "LS: torch cross_entropy(label_smoothing)"),
+    "KD: kl_div + cross_entropy": ("KD", None),
+    "KD: fused": ("KD", "KD: kl_div + cross_entropy"),
+}
+
+
+def make_inputs(case: str, args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """Logits (leaf, requires grad), labels with ignored positions, teacher logits."""
+    gen = torch.Generator().manual_seed(0)
+    shape = (args.n, args.k) if case == "multiclass" else (args.batch, args.seq, args.k)
+    logits = torch.randn(shape, generator=gen).mul_(2.0).to(args.device).requires_grad_()
+    teacher = torch.randn(shape, generator=gen).mul_(2.0).to(args.device)
+    target = torch.randint(0, args.k, shape[:-1], generator=gen)
+    if case == "token":
+        target[torch.rand(shape[:-1], generator=gen) < args.ignore_frac] = IGNORE
+    return {"logits": logits, "teacher": teacher, "target": target.to(args.device)}
+
+
+def make_step(variant: str, x: dict[str, torch.Tensor]) -> Callable[[], torch.Tensor | None]:
+    """A closure running forward (+ backward except for the softmax floor)."""
+    k = x["logits"].shape[-1]
+    s2, t2, y = x["logits"].view(-1, k), x["teacher"].view(-1, k), x["target"].view(-1)
+    valid = y != IGNORE
+    n_valid = valid.sum().clamp_min(1)
+
+    def fused(**kw) -> torch.Tensor:
+        return fused_soft_target_loss(s2, y, ignore_index=IGNORE, **kw).sum() / n_valid
+
+    def naive_ls() -> torch.Tensor:
+        one_hot = F.one_hot(y.masked_fill(~valid, 0), k).to(s2.dtype)
+        soft = one_hot * (1.0 - EPS) + EPS / k
+        per_row = -(soft * F.log_softmax(s2, dim=-1)).sum(-1)
+        return (per_row * valid).sum() / n_valid
+
+    def kd_reference() -> torch.Tensor:
+        # batchmean KL over all positions (ignored ones included) + CE with ignore_index
+        kl = F.kl_div(
+            F.log_softmax(s2 / TEMPERATURE, dim=-1),
+            F.log_softmax(t2 / TEMPERATURE, dim=-1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        ce = F.cross_entropy(s2, y, ignore_index=IGNORE)
+        return kl * (TEMPERATURE**2 * ALPHA) + (1.0 - ALPHA) * ce
+
+    losses: dict[str, Callable[[], torch.Tensor]] = {
+        "CE: torch cross_entropy": lambda: F.cross_entropy(s2, y, ignore_index=IGNORE),
+        "CE: fused": lambda: fused(mode="hard"),
+        "LS: torch cross_entropy(label_smoothing)": lambda: F.cross_entropy(
+            s2, y, ignore_index=IGNORE, label_smoothing=EPS
+        ),
+        "LS: one-hot soft targets (naive)": naive_ls,
+        "LS: fused": lambda: fused(mode="ls", eps=EPS),
+        "KD: kl_div + cross_entropy": kd_reference,
+        "KD: fused": lambda: fused(mode="kd", teacher=t2, temperature=TEMPERATURE, alpha=ALPHA),
+    }
+    if variant.startswith("softmax"):
+        return lambda: torch.softmax(x["logits"].detach(), dim=-1)
+
+    def step() -> None:
+        x["logits"].grad = None
+        losses[variant]().backward()
+
+    return step
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_variant(variant: str, x: dict[str, torch.Tensor], args: argparse.Namespace) -> float:
+    """Median wall time (s) of ``args.repeat`` runs after one warm-up run."""
+    step = make_step(variant, x)
+    times = []
+    for i in range(args.repeat + 1):
+        _sync(args.device)
+        start = time.perf_counter()
+        out = step()
+        _sync(args.device)
+        if i > 0:
+            times.append(time.perf_counter() - start)
+        del out
+    x["logits"].grad = None
+    return statistics.median(times)
+
+
+def peak_memory_mib(variant: str, case: str, args: argparse.Namespace) -> float:
+    """Peak extra memory (MiB) of one forward + backward, beyond the inputs."""
+    if args.device.startswith("cuda"):
+        x = make_inputs(case, args)
+        step = make_step(variant, x)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = step()
+        torch.cuda.synchronize()
+        del out
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    cmd = [sys.executable, __file__, "--memory-child", variant, "--case", case]
+    cmd += ["--n", str(args.n), "--k", str(args.k), "--batch", str(args.batch)]
+    cmd += ["--seq", str(args.seq), "--ignore-frac", str(args.ignore_frac)]
+    cmd += ["--threads", str(args.threads), "--device", args.device]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_extra_mib"]
+
+
+def _status_kib(field: str) -> int | None:
+    """A ``Vm*`` field of /proc/self/status in KiB (None where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> None:
+    """Reset VmHWM to the current resident size (Linux >= 4.0), so import peaks do not count."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass
+
+
+def _memory_child(args: argparse.Namespace) -> None:
+    """Peak extra memory in this fresh process: VmHWM after the run minus VmRSS before.
+
+    ``ru_maxrss`` would also do, but Linux carries it over from the parent through
+    fork + exec, so the peak of this process's own address space (VmHWM) is read instead.
+    """
+    x = make_inputs(args.case, args)
+    step = make_step(args.memory_child, x)
+    _reset_peak_rss()
+    base_kib = _status_kib("VmRSS")
+    step()
+    peak_kib = _status_kib("VmHWM")
+    if base_kib is None or peak_kib is None:  # no /proc: fall back to ru_maxrss
+        base_kib, peak_kib = 0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_extra_mib": max(0, peak_kib - base_kib) / 1024}))
+
+
+def run_case(case: str, args: argparse.Namespace) -> list[dict[str, object]]:
+    """Time and memory of every variant on one input shape."""
+    x = make_inputs(case, args)
+    rows = []
+    for variant, (group, _) in VARIANTS.items():
+        seconds = time_variant(variant, x, args)
+        mib = None if args.no_memory else peak_memory_mib(variant, case, args)
+        rows.append({"variant": variant, "group": group, "time_s": seconds, "peak_mib": mib})
+        print(f"  {case}: {variant}: {seconds:.3f} s, {mib} MiB", file=sys.stderr, flush=True)
+    return rows
+
+
+def format_table(case: str, rows: list[dict[str, object]], shape: str) -> str:
+    """Markdown table: absolute numbers and ratios to the reference of the same run."""
+    by_name = {r["variant"]: r for r in rows}
+    floor = by_name["softmax (floor, forward only)"]["time_s"]
+    lines = [
+        f"### {case}: logits {shape}",
+        "",
+        "| variant | time (s) | time / ref | time / softmax | peak extra (MiB) | peak / ref |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ref_name = VARIANTS[r["variant"]][1]
+        ref = by_name[ref_name] if ref_name else None
+        t_ratio = f"{r['time_s'] / ref['time_s']:.2f}" if ref else "(ref)"
+        mem = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+        m_ratio = "-"
+        if ref and r["peak_mib"] is not None and ref["peak_mib"]:
+            m_ratio = f"{r['peak_mib'] / ref['peak_mib']:.2f}"
+        elif r["peak_mib"] is not None and not ref:
+            m_ratio = "(ref)"
+        lines.append(
+            f"| {r['variant']} | {r['time_s']:.3f} | {t_ratio} | {r['time_s'] / floor:.2f} "
+            f"| {mem} | {m_ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=4096, help="rows of the multiclass case")
+    parser.add_argument("--k", type=int, default=32000, help="classes / vocabulary size")
+    parser.add_argument("--batch", type=int, default=8, help="B of the token-level case")
+    parser.add_argument("--seq", type=int, default=1024, help="T of the token-level case")
+    parser.add_argument("--ignore-frac", type=float, default=0.1, help="ignored positions")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs after a warm-up")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--cases", default="multiclass,token", help="comma-separated cases")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory runs")
+    parser.add_argument("--case", default="multiclass", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        _memory_child(args)
+        return
+    print(
+        f"torch {torch.__version__}, device {args.device}, threads {args.threads}, fp32, "
+        f"forward+backward, median of {args.repeat} after 1 warm-up; "
+        f"eps={EPS}, T={TEMPERATURE}, alpha={ALPHA}"
+    )
+    for case in args.cases.split(","):
+        if case == "multiclass":
+            shape = f"({args.n}, {args.k})"
+        elif case == "token":
+            shape = f"({args.batch}, {args.seq}, {args.k}), {args.ignore_frac:.0%} ignored"
+        else:
+            raise ValueError(f"--cases: unknown case {case!r}; allowed: multiclass, token")
+        print()
+        print(format_table(case, run_case(case, args), shape), flush=True)
+
+
+if __name__ == "__main__":
+    main()

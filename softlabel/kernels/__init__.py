@@ -1,0 +1,17 @@
+"""Fused, chunked loss kernels (eager PyTorch, CPU and CUDA)."""
+
+from softlabel.kernels.fused import (
+    MODES,
+    FusedSoftTargetLossFunction,
+    LossSpec,
+    default_chunk_rows,
+    fused_soft_target_loss,
+)
+
+__all__ = [
+    "MODES",
+    "FusedSoftTargetLossFunction",
+    "LossSpec",
+    "default_chunk_rows",
+    "fused_soft_target_loss",
+]

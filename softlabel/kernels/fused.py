@@ -1,0 +1,196 @@
+"""Fused, chunked soft-target loss: one pass over row chunks, gradient written in forward.
+
+``fused_soft_target_loss`` returns the per-row loss (N,); the caller applies the reduction
+and any per-sample weights. Forward walks over chunks of ``chunk_rows`` rows and writes
+d loss_i / d logits_i into one (N, K) buffer; backward scales that buffer in place by
+``grad_output[:, None]`` and hands it to autograd. Apart from that buffer only (chunk_rows, K)
+temporaries exist. Half-precision inputs are computed in float32 (loss in float32, gradient
+in the logits' dtype); float64 inputs are computed in float64.
+
+Backward scales the buffer in place unless the graph is retained (``retain_graph=True``,
+``gradcheck``), where it returns a scaled copy and keeps the buffer for the next backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from softlabel.kernels import _chunk_math
+from softlabel.kernels._validate import validate_inputs
+
+MODES = ("hard", "ls", "kd", "reloop")
+
+#: Bytes of all (chunk_rows, K) arrays one chunk touches (inputs and work buffers together).
+#: Large enough to keep the number of multi-threaded ops per call small, small enough to stay
+#: near the last-level cache; see docs/performance.md for the measurements.
+CHUNK_BYTES = 32 << 20
+
+#: (chunk_rows, K) arrays a chunk touches per mode: logits and gradient, plus teacher and two
+#: work buffers for distillation.
+_ARRAYS_PER_MODE = {"hard": 2, "ls": 2, "reloop": 2, "kd": 5}
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """Mode and hyper-parameters of one call (tensors already checked and detached)."""
+
+    mode: str
+    eps: float = 0.0
+    prior: Tensor | None = None
+    teacher: Tensor | None = None
+    temperature: float = 1.0
+    alpha: float = 0.0
+    previous: Tensor | None = None
+    ignore_index: int = -100
+    chunk_rows: int | None = None
+
+
+def default_chunk_rows(
+    num_classes: int, dtype: torch.dtype = torch.float32, mode: str = "ls"
+) -> int:
+    """Rows per chunk so the chunk's arrays hold about ``CHUNK_BYTES`` (at least 1 row)."""
+    itemsize = 8 if dtype == torch.float64 else 4
+    return max(1, CHUNK_BYTES // (_ARRAYS_PER_MODE[mode] * num_classes * itemsize))
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _forward(
+    logits: Tensor, target: Tensor | None, spec: LossSpec, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Per-row loss (N,) and, when ``need_grad``, the gradient (N, K) in the logits' dtype."""
+    n, k = logits.shape
+    cd = _compute_dtype(logits.dtype)
+    loss = torch.zeros(n, dtype=cd, device=logits.device)
+    grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if need_grad else None
+    if n == 0:
+        return loss, grad
+    rows = min(n, spec.chunk_rows or default_chunk_rows(k, cd, spec.mode))
+    grad_in_place = grad is not None and grad.dtype == cd
+    work_g = None if grad_in_place else logits.new_empty((rows, k), dtype=cd)
+    work_t = work_d = None
+    if spec.mode == "kd":
+        work_t = logits.new_empty((rows, k), dtype=cd)
+        work_d = logits.new_empty((rows, k), dtype=cd)
+    prior_eps = prior_sum = None
+    if spec.mode == "ls" and spec.prior is not None:
+        prior_eps = spec.prior.to(cd) * spec.eps
+        prior_sum = float(spec.prior.to(cd).sum())
+    valid = None if target is None else target != spec.ignore_index
+    labels = None
+    if target is not None:
+        labels = target.masked_fill(~valid, 0).unsqueeze(1)
+        if bool(valid.all()):
+            valid = None
+    for a in range(0, n, rows):
+        b = min(n, a + rows)
+        s = logits[a:b]
+        g = grad[a:b] if grad_in_place else work_g[: b - a]
+        y = None if labels is None else labels[a:b]
+        loss[a:b] = _chunk_loss(s, y, g, spec, a, b, work_t, work_d, prior_eps, prior_sum)
+        if grad is not None and not grad_in_place:
+            grad[a:b].copy_(g)
+    if valid is not None:  # ignored rows: loss 0, gradient 0 (also over NaN/inf logits)
+        loss.masked_fill_(~valid, 0.0)
+        if grad is not None:
+            grad.index_fill_(0, (~valid).nonzero().view(-1), 0.0)
+    return loss, grad
+
+
+def _chunk_loss(s, y, g, spec, a, b, work_t, work_d, prior_eps, prior_sum) -> Tensor:
+    """Dispatch one chunk to its mode's math in ``_chunk_math``."""
+    if spec.mode == "hard" or (spec.mode == "kd" and spec.alpha == 0.0):
+        return _chunk_math.ce_ls_chunk(s, y, g, 0.0, None, 1.0)
+    if spec.mode == "ls":
+        prior_sum = 1.0 if prior_sum is None else prior_sum
+        return _chunk_math.ce_ls_chunk(s, y, g, spec.eps, prior_eps, prior_sum)
+    if spec.mode == "reloop":
+        prev = spec.previous[a:b]
+        prev_y = prev if prev.dim() == 1 else prev.gather(1, y).view(-1)
+        return _chunk_math.reloop_chunk(s, y, g, spec.alpha, prev_y.to(g.dtype))
+    rows = b - a
+    return _chunk_math.kd_chunk(
+        s, y, g, spec.teacher[a:b], work_t[:rows], work_d[:rows], spec.temperature, spec.alpha
+    )
+
+
+class FusedSoftTargetLossFunction(torch.autograd.Function):
+    """Autograd wrapper: forward computes loss and gradient, backward scales the gradient."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor | None, spec: LossSpec) -> Tensor:
+        loss, grad = _forward(logits, target, spec, need_grad=True)
+        ctx.grad = grad
+        out_dtype = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else None
+        return loss if out_dtype is None else loss.to(out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None]:
+        grad = ctx.grad
+        if _graph_is_kept():  # the graph may be run again: keep the buffer intact
+            return grad * grad_output.unsqueeze(1), None, None
+        ctx.grad = None  # drop our reference so autograd may reuse the buffer as .grad
+        return grad.mul_(grad_output.unsqueeze(1)), None, None
+
+
+def _graph_is_kept() -> bool:
+    """True when this backward runs with ``retain_graph`` (or when torch cannot tell)."""
+    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if keep_graph is None else bool(keep_graph())
+
+
+def fused_soft_target_loss(
+    logits: Tensor,
+    target: Tensor | None,
+    *,
+    mode: str,
+    eps: float = 0.0,
+    prior: Tensor | None = None,
+    teacher: Tensor | None = None,
+    temperature: float = 1.0,
+    alpha: float = 0.0,
+    previous: Tensor | None = None,
+    ignore_index: int = -100,
+    chunk_rows: int | None = None,
+) -> Tensor:
+    """Per-row soft-target loss (N,) of 2-D logits (N, K), with a fused backward.
+
+    Modes (CE = lse(s) - s_y, p = softmax(s); ignored rows give loss 0 and gradient 0):
+
+    - ``"hard"``: CE.
+    - ``"ls"``: (1 - eps) CE + eps H(u, p), H(u, p) = -sum_k u_k log p_k; u = ``prior`` (K,)
+      or uniform 1/K when ``prior`` is None.
+    - ``"kd"``: (1 - alpha) CE + alpha T^2 KL(softmax(teacher/T) || softmax(s/T)); ``target``
+      may be None when alpha = 1. The teacher gets no gradient.
+    - ``"reloop"``: (1 - alpha) CE + alpha max(0, q_y - p_y), ``previous`` = q as (N, K)
+      probabilities or the already gathered q_y (N,).
+
+    The result is float32 for half-precision logits, otherwise the logits' dtype. 3-D
+    inputs are flattened by the caller (``logits.reshape(-1, K)``, ``target.reshape(-1)``).
+    """
+    spec = validate_inputs(
+        LossSpec(
+            mode=mode,
+            eps=eps,
+            prior=prior,
+            teacher=teacher,
+            temperature=temperature,
+            alpha=alpha,
+            previous=previous,
+            ignore_index=ignore_index,
+            chunk_rows=chunk_rows,
+        ),
+        logits,
+        target,
+        modes=MODES,
+    )
+    logits = logits.contiguous()
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return FusedSoftTargetLossFunction.apply(logits, target, spec)
+    loss, _ = _forward(logits.detach(), target, spec, need_grad=False)
+    return loss.float() if logits.dtype in (torch.float16, torch.bfloat16) else loss
