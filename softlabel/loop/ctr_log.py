@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from softlabel.loop.store import check_logged_probabilities
 from softlabel.loop.stream import Chunk, Stream
 
 __all__ = ["CTRColumnSpec", "CTRFeatureEncoder", "ctr_log_stream", "read_table", "stable_bucket"]
@@ -80,6 +81,8 @@ class CTRColumnSpec:
     ``day_column``: chunk by its sorted distinct values; or ``timestamp_column`` (datetime,
     or numbers in unix seconds) floored to ``chunk_freq`` (a pandas frequency, e.g. "1D").
     ``id_column``: integer sample ids; if ``None`` the row number in the file is the id.
+    ``prediction_column``: the serving model's logged P(click) per row (e.g. ``pctr``),
+    kept as each chunk's ``logged_probs``; ``None``: the log has none.
     """
 
     label: str
@@ -91,6 +94,7 @@ class CTRColumnSpec:
     id_column: str | None = None
     buckets_per_field: int = 2**16
     numeric_transform: str = "log1p"
+    prediction_column: str | None = None
 
     def __post_init__(self) -> None:
         if not self.categorical and not self.numeric:
@@ -120,9 +124,8 @@ class CTRColumnSpec:
         return self.buckets_per_field * len(self.categorical)
 
     def required_columns(self) -> list[str]:
-        extra = [
-            c for c in (self.day_column, self.timestamp_column, self.id_column) if c is not None
-        ]
+        optional = (self.day_column, self.timestamp_column, self.id_column, self.prediction_column)
+        extra = [c for c in optional if c is not None]
         return [self.label, *self.categorical, *self.numeric, *extra]
 
 
@@ -205,6 +208,8 @@ def ctr_log_stream(
     Rows whose id hashes below ``holdout_fraction`` (from every day) form the fixed
     held-out set; the others are chunked by day in ascending order. The encoder's numeric
     statistics come from the first chunk. ``spec`` or its fields as keyword arguments.
+    With ``spec.prediction_column`` set, the column is checked (numeric, no missing
+    value, in [0, 1]) and each chunk carries its rows' values as ``logged_probs``.
     """
     if spec is None:
         spec = CTRColumnSpec(**spec_kwargs)  # type: ignore[arg-type]
@@ -228,6 +233,11 @@ def ctr_log_stream(
         if not np.issubdtype(ids.dtype, np.integer) or len(np.unique(ids)) != len(ids):
             raise ValueError(f"id_column {spec.id_column!r} must hold unique integer ids")
         ids = ids.astype(np.int64)
+    logged = None
+    if spec.prediction_column is not None:
+        logged = check_logged_probabilities(
+            frame[spec.prediction_column], spec.prediction_column, path
+        )
     keys = _chunk_keys(frame, spec)
     holdout = _in_holdout(ids, holdout_fraction)
     days = sorted(keys[~holdout].unique())
@@ -240,7 +250,13 @@ def ctr_log_stream(
     y = labels.to_numpy(dtype=np.float32)
 
     def chunk(name: str, index: np.ndarray) -> Chunk:
-        return Chunk(name=name, x=encoder.transform(frame.iloc[index]), y=y[index], ids=ids[index])
+        return Chunk(
+            name=name,
+            x=encoder.transform(frame.iloc[index]),
+            y=y[index],
+            ids=ids[index],
+            logged_probs=None if logged is None else logged[index],
+        )
 
     chunks = [chunk(f"day {day}", index) for day, index in zip(days, rows)]
     model_kwargs = {"num_categorical": len(spec.categorical), "num_buckets": spec.num_buckets}
@@ -252,4 +268,5 @@ def ctr_log_stream(
         holdout=chunk("holdout", np.flatnonzero(holdout)),
         model_kwargs=model_kwargs,
         description=f"CTR log {os.fspath(path)!r}, {len(chunks)} days",
+        logged_column=spec.prediction_column,
     )

@@ -16,7 +16,13 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from softlabel.loop.runner import METHODS, LoopSettings, run_method, train_first_version
+from softlabel.loop.runner import (
+    METHODS,
+    LoopSettings,
+    check_reference_source,
+    run_method,
+    train_first_version,
+)
 from softlabel.loop.stream import Stream
 
 __all__ = ["model_factory", "run_job", "settings_from_config"]
@@ -66,6 +72,7 @@ def settings_from_config(cfg: DictConfig) -> LoopSettings:
         warm_start=bool(cfg.warm_start),
         accelerator=str(train.accelerator),
         csv_logs=bool(train.get("csv_logs", True)),
+        reference_from=str(cfg.get("reference_from", "model")),
     )
 
 
@@ -94,6 +101,7 @@ def run_job(cfg: DictConfig, output_dir: str | os.PathLike[str]) -> Any:
         seeded = copy.deepcopy(cfg)
         seeded.seed = seed
         stream = instantiate(seeded.loop.stream)
+        check_reference_source(stream, settings)
         make_model = model_factory(seeded.loop.model, stream)
         first = train_first_version(
             stream, make_model, settings, seed=seed, out_dir=out / f"seed{seed}" / "v1"
@@ -123,6 +131,7 @@ def run_job(cfg: DictConfig, output_dir: str | os.PathLike[str]) -> Any:
         "seeds": seeds,
         "versions": int(cfg.versions),
         "warm_start": bool(cfg.warm_start),
+        "reference_from": settings.reference_from,
         "stream": stream.description if stream is not None else "",
         "wall_time_s": round(time.perf_counter() - start, 2),
     }

@@ -4,7 +4,10 @@ For version ``t >= 2`` (chunk ``t`` is the training data of ``v(t)``):
 
 1. ``v(t-1)`` predicts on chunk ``t`` (what the serving model logs); the probabilities go
    into the prediction store as version ``t-1``, with the checkpoint hash of ``v(t-1)`` and
-   the fingerprint of chunk ``t``;
+   the fingerprint of chunk ``t``. With ``reference_from="log"`` the store's version ``t-1``
+   is instead imported from chunk ``t``'s logged predictions (the stream's
+   ``logged_column``): source ``log:<column>``, and as checkpoint hash the
+   :func:`~softlabel.loop.store.logged_predictions_fingerprint` of the logged values;
 2. ``v(t)`` starts from ``v(t-1)``'s weights (``warm_start``) or from a fresh init, and is
    trained on chunk ``t`` with a fresh optimizer and the method's target:
    ``reloop`` (reference read from the store), ``hard`` (plain fine-tuning) or ``kd``
@@ -31,12 +34,21 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from softlabel.loop.evaluate import chunk_metrics, predict_logits, probabilities
-from softlabel.loop.store import PredictionStore
+from softlabel.loop.store import PredictionStore, logged_predictions_fingerprint
 from softlabel.loop.stream import Chunk, Stream
 
-__all__ = ["METHODS", "LoopSettings", "Version", "run_method", "train_first_version"]
+__all__ = [
+    "METHODS",
+    "REFERENCE_FROM",
+    "LoopSettings",
+    "Version",
+    "check_reference_source",
+    "run_method",
+    "train_first_version",
+]
 
 METHODS = ("reloop", "hard", "kd")
+REFERENCE_FROM = ("model", "log")
 SOURCE_FOR_METHOD = {"reloop": "reloop", "hard": "hard", "kd": "kd"}
 
 
@@ -45,7 +57,9 @@ class LoopSettings:
     """How each version is trained.
 
     ``make_source(name)`` returns a fresh target source for ``"hard"``, ``"reloop"`` or
-    ``"kd"``; ``optimizer`` is a factory of the student's parameters.
+    ``"kd"``; ``optimizer`` is a factory of the student's parameters. ``reference_from``:
+    what fills the store that ReLoop trains against, ``"model"`` (``v(t-1)`` re-predicts
+    chunk ``t``) or ``"log"`` (the stream's logged predictions of chunk ``t``).
     """
 
     make_source: Callable[[str], Any]
@@ -59,8 +73,13 @@ class LoopSettings:
     warm_start: bool = True
     accelerator: str = "cpu"
     csv_logs: bool = True
+    reference_from: str = "model"
 
     def __post_init__(self) -> None:
+        if self.reference_from not in REFERENCE_FROM:
+            raise ValueError(
+                f"reference_from must be one of {REFERENCE_FROM}, got {self.reference_from!r}"
+            )
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -202,6 +221,60 @@ def _evaluate(
     return row
 
 
+def _fill_store(
+    store: PredictionStore,
+    version: int,
+    chunk: Chunk,
+    stream: Stream,
+    previous: Version,
+    settings: LoopSettings,
+) -> str:
+    """Write store ``version`` for ``chunk``; return the checkpoint hash its manifest holds.
+
+    ``model``: ``v(t-1)``'s probabilities, under its checkpoint hash. ``log``: the chunk's
+    logged predictions, under :func:`logged_predictions_fingerprint` (recomputed here from
+    the log, so a store holding other values is refused when read).
+    """
+    if settings.reference_from == "log":
+        logged = chunk.logged_probs
+        if logged is None:
+            raise ValueError(f"chunk {chunk.name!r} of {stream.name!r} has no logged predictions")
+        expected = logged_predictions_fingerprint(chunk.ids, logged)
+        store.import_predictions(
+            version,
+            chunk.ids,
+            logged,
+            source=f"log:{stream.logged_column}",
+            task=stream.task,
+            checkpoint_sha256=expected,
+            data_fingerprint=chunk.fingerprint,
+        )
+        return expected
+    served = probabilities(
+        predict_logits(previous.model, chunk, stream.task, settings.eval_batch_size), stream.task
+    )
+    store.write(
+        version,
+        chunk.ids,
+        served.numpy(),
+        task=stream.task,
+        checkpoint_sha256=previous.checkpoint_sha256,
+        data_fingerprint=chunk.fingerprint,
+        source=f"model v{version}",
+    )
+    return previous.checkpoint_sha256
+
+
+def check_reference_source(stream: Stream, settings: LoopSettings) -> None:
+    """ValueError if ``settings.reference_from`` asks for logged predictions ``stream`` lacks."""
+    if settings.reference_from == "log" and stream.logged_column is None:
+        raise ValueError(
+            f"reference_from='log' needs a stream with logged predictions, but {stream.name!r} "
+            "has none; name the column (loop.stream.prediction_column=<column>, CTR log "
+            "streams) or use reference_from=model"
+        )
+
+
 def _seed_for(seed: int, number: int) -> int:
     return seed * 100_003 + number
 
@@ -233,6 +306,7 @@ def train_first_version(
         "version": 1,
         "train_chunk": stream.chunks[0].name,
         "target": "hard",
+        "reference": "",
         "warm_start": False,
         "train_samples": len(stream.chunks[0]),
         "train_time_s": round(elapsed, 3),
@@ -264,25 +338,14 @@ def run_method(
             f"versions must be an int in [2, {len(stream.chunks)}] (the stream has {len(stream.chunks)} chunks; "
             f"version t trains on chunk t), got {versions!r}"
         )
+    check_reference_source(stream, settings)
     out_dir = Path(out_dir)
     store = PredictionStore(out_dir / "store")
     rows = [{"method": method, **first.row}]
     previous = first
     for number in range(2, versions + 1):
         chunk = stream.chunks[number - 1]
-        served = probabilities(
-            predict_logits(previous.model, chunk, stream.task, settings.eval_batch_size),
-            stream.task,
-        )
-        store.write(
-            number - 1,
-            chunk.ids,
-            served.numpy(),
-            task=stream.task,
-            checkpoint_sha256=previous.checkpoint_sha256,
-            data_fingerprint=chunk.fingerprint,
-            source=f"model v{number - 1}",
-        )
+        reference_sha = _fill_store(store, number - 1, chunk, stream, previous, settings)
         torch.manual_seed(_seed_for(seed, number))
         student = make_model()
         if settings.warm_start:
@@ -292,7 +355,7 @@ def run_method(
             provider = StoredPredictions(
                 store,
                 number - 1,
-                checkpoint_sha256=previous.checkpoint_sha256,
+                checkpoint_sha256=reference_sha,
                 data_fingerprint=chunk.fingerprint,
                 task=stream.task,
             )
@@ -314,6 +377,7 @@ def run_method(
             "version": number,
             "train_chunk": chunk.name,
             "target": method,
+            "reference": store.manifest(number - 1).source if method == "reloop" else "",
             "warm_start": settings.warm_start,
             "train_samples": len(chunk),
             "train_time_s": round(elapsed, 3),

@@ -36,7 +36,9 @@ __all__ = [
     "StaleStoreError",
     "StoredVersion",
     "VersionManifest",
+    "check_logged_probabilities",
     "ids_fingerprint",
+    "logged_predictions_fingerprint",
 ]
 
 FORMAT = "softlabel-prediction-store"
@@ -88,6 +90,52 @@ def ids_fingerprint(ids: np.ndarray) -> str:
     """SHA-256 of the sorted int64 sample ids: the default fingerprint of imported logs."""
     ordered = np.sort(np.asarray(ids, dtype=np.int64))
     return "ids-sha256:" + hashlib.sha256(ordered.tobytes()).hexdigest()
+
+
+def logged_predictions_fingerprint(ids: np.ndarray, probs: np.ndarray) -> str:
+    """``log-sha256:`` + SHA-256 of the logged (id, prediction) pairs, sorted by id.
+
+    The hashed bytes are the shapes, then the int64 ids and the float32 predictions in id
+    order: the identity of predictions that did not come from a checkpoint we have. Any
+    edit of a logged value (or of which samples were logged) changes it.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float32)
+    order = np.argsort(ids, kind="stable")
+    digest = hashlib.sha256()
+    for array in (ids[order], probs[order]):
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return "log-sha256:" + digest.hexdigest()
+
+
+def check_logged_probabilities(
+    values: Any, column: str, path: str | os.PathLike[str]
+) -> np.ndarray:
+    """``values`` of ``column`` in the log ``path`` as float32, if they are probabilities.
+
+    The column must be numeric (not boolean), without missing values, and in ``[0, 1]``;
+    ValueError naming the column and the file otherwise.
+    """
+    import pandas as pd
+
+    where = f"prediction column {column!r} in {os.fspath(path)!r}"
+    series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values))
+    if pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series):
+        raise ValueError(
+            f"{where} must hold numbers (logged probabilities in [0, 1]), got dtype {series.dtype}"
+        )
+    array = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    missing = int(np.isnan(array).sum())
+    if missing:
+        raise ValueError(f"{where} has {missing} missing (NaN) value(s); every row needs one")
+    outside = (array < 0.0) | (array > 1.0)
+    if outside.any():
+        raise ValueError(
+            f"{where} must hold probabilities in [0, 1]; {int(outside.sum())} value(s) are "
+            f"outside, e.g. {array[outside][:3].tolist()}"
+        )
+    return array.astype(np.float32)
 
 
 def _sha256(path: Path) -> str:
@@ -358,6 +406,39 @@ class PredictionStore:
             )
         return stored
 
+    def import_predictions(
+        self,
+        version: int,
+        ids: np.ndarray,
+        probs: np.ndarray,
+        *,
+        source: str,
+        task: str = "binary",
+        checkpoint_sha256: str | None = None,
+        data_fingerprint: str | None = None,
+    ) -> VersionManifest:
+        """Add ``version`` from logged predictions (made by a model we may not have).
+
+        ``checkpoint_sha256`` is what the log says about the serving model; without it the
+        manifest records :func:`logged_predictions_fingerprint` of the (id, prediction)
+        pairs, so a reader that recomputes it from the log refuses a store whose logged
+        values changed. ``data_fingerprint`` defaults to :func:`ids_fingerprint`.
+        """
+        ids = np.asarray(ids)
+        probs = np.asarray(probs, dtype=np.float32)
+        if checkpoint_sha256 is None:
+            checkpoint_sha256 = logged_predictions_fingerprint(ids, probs)
+        fingerprint = data_fingerprint if data_fingerprint is not None else ids_fingerprint(ids)
+        return self.write(
+            version,
+            ids,
+            probs,
+            task=task,
+            checkpoint_sha256=checkpoint_sha256,
+            data_fingerprint=fingerprint,
+            source=source,
+        )
+
     def import_log(
         self,
         path: str | os.PathLike[str],
@@ -365,7 +446,7 @@ class PredictionStore:
         prediction_column: str | Sequence[str],
         version: int,
         *,
-        checkpoint_sha256: str,
+        checkpoint_sha256: str | None = None,
         data_fingerprint: str | None = None,
         task: str | None = None,
         file_format: str | None = None,
@@ -374,8 +455,9 @@ class PredictionStore:
 
         ``prediction_column`` is one column of P(y=1) (binary) or K columns of class
         probabilities (multiclass; a list of names). ``checkpoint_sha256`` identifies the
-        model that served (any non-empty string, e.g. its checkpoint hash). The fingerprint
-        defaults to :func:`ids_fingerprint` of the logged ids.
+        model that served (any non-empty string, e.g. its checkpoint hash); without it, the
+        :func:`logged_predictions_fingerprint` of the log. The fingerprint defaults to
+        :func:`ids_fingerprint` of the logged ids.
         """
         from softlabel.loop.ctr_log import read_table
 
@@ -390,8 +472,8 @@ class PredictionStore:
                 raise ValueError(
                     f"column {name!r} not in {str(path)!r}; columns are {list(frame.columns)}"
                 )
-        if frame[id_column].isna().any() or frame[columns].isna().any().any():
-            raise ValueError(f"{str(path)!r} has missing values in {[id_column, *columns]}")
+        if frame[id_column].isna().any():
+            raise ValueError(f"{str(path)!r} has missing values in id_column {id_column!r}")
         ids = frame[id_column].to_numpy()
         if not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(
@@ -401,15 +483,17 @@ class PredictionStore:
             task = "binary" if len(columns) == 1 else "multiclass"
         if task == "binary" and len(columns) != 1:
             raise ValueError(f"binary logs have one prediction column, got {columns}")
-        probs = frame[columns].to_numpy(dtype=np.float32)
+        probs = np.stack(
+            [check_logged_probabilities(frame[name], name, path) for name in columns],
+            axis=1,
+        )
         probs = probs[:, 0] if task == "binary" else probs
-        fingerprint = data_fingerprint if data_fingerprint is not None else ids_fingerprint(ids)
-        return self.write(
+        return self.import_predictions(
             version,
             ids,
             probs,
+            source=f"log:{os.fspath(path)}",
             task=task,
             checkpoint_sha256=checkpoint_sha256,
-            data_fingerprint=fingerprint,
-            source=f"log:{os.fspath(path)}",
+            data_fingerprint=data_fingerprint,
         )

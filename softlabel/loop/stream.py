@@ -21,12 +21,18 @@ TASKS = ("binary", "multiclass")
 
 @dataclass(frozen=True)
 class Chunk:
-    """One chunk of the stream: ``x`` (N, ...) float32, ``y`` (N,), ``ids`` (N,) int64 unique."""
+    """One chunk of the stream: ``x`` (N, ...) float32, ``y`` (N,), ``ids`` (N,) int64 unique.
+
+    ``logged_probs``: what the serving model predicted for each sample, as logged with the
+    data ((N,) P(y=1) for binary), or None if the stream has no logged predictions. It is
+    not part of the data :attr:`fingerprint`.
+    """
 
     name: str
     x: np.ndarray
     y: np.ndarray
     ids: np.ndarray
+    logged_probs: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -39,6 +45,11 @@ class Chunk:
             raise ValueError(f"chunk {self.name!r} is empty")
         if len(np.unique(self.ids)) != n:
             raise ValueError(f"chunk {self.name!r}: sample ids must be unique")
+        if self.logged_probs is not None and len(self.logged_probs) != n:
+            raise ValueError(
+                f"chunk {self.name!r}: logged_probs must have one row per sample ({n}), "
+                f"got {len(self.logged_probs)}"
+            )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -79,7 +90,8 @@ class Stream:
     """Chunks in time order, a held-out chunk, and what a model needs to know about them.
 
     ``model_kwargs`` are extra constructor arguments for models that accept them (e.g. the
-    number of categorical fields and hash buckets of a CTR stream).
+    number of categorical fields and hash buckets of a CTR stream). ``logged_column`` names
+    the log column the chunks' ``logged_probs`` came from (None: the stream has none).
     """
 
     name: str
@@ -89,6 +101,7 @@ class Stream:
     holdout: Chunk
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    logged_column: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -107,6 +120,11 @@ class Stream:
             if ids & seen:
                 raise ValueError(f"chunk {chunk.name!r} shares sample ids with an earlier chunk")
             seen |= ids
+            if (chunk.logged_probs is None) != (self.logged_column is None):
+                raise ValueError(
+                    f"chunk {chunk.name!r}: logged_probs must be given exactly when the stream's "
+                    f"logged_column is (logged_column={self.logged_column!r})"
+                )
 
     @property
     def input_shape(self) -> tuple[int, ...]:
