@@ -1,0 +1,269 @@
+"""Write a comparison's outputs: ``results.csv``, ``summary.md`` and ``plots/*.png``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._io import atomic_write, atomic_write_text
+from .calibration import ReliabilityBins, load_predictions, reliability_bins
+from .curves import mean_curves
+from .plots import plot_curves, plot_metric_bars, plot_reliability
+from .runs import PREDICTIONS_FILE, RunRecord
+from .table import DEFAULT_METRICS, available_metrics, format_mean_std, results_frame, summarize
+
+__all__ = ["Report", "best_on_validation", "method_reliability", "summary_markdown", "write_report"]
+
+
+@dataclass
+class Report:
+    """What :func:`write_report` wrote (plots that could not be drawn are absent)."""
+
+    results: Path
+    summary: Path
+    plots: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def method_reliability(
+    records: Sequence[RunRecord], n_bins: int = 15
+) -> tuple[dict[str, ReliabilityBins], bool]:
+    """Per method, the reliability bins of its finished runs' pooled test predictions.
+
+    Reads ``predictions_test.npz`` (arrays ``probs``, ``target``) in each run directory;
+    methods with no such file are left out. Also returns whether the task is binary.
+    """
+    pooled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    for record in records:
+        path = record.run_dir / PREDICTIONS_FILE
+        if record.ok and record.role == "method" and path.is_file():
+            probs, target = load_predictions(path)
+            pooled.setdefault(record.method, ([], []))
+            pooled[record.method][0].append(probs)
+            pooled[record.method][1].append(target)
+    binary = any(p[0].ndim == 1 for p, _ in pooled.values())
+    bins = {
+        method: reliability_bins(np.concatenate(probs), np.concatenate(targets), n_bins)
+        for method, (probs, targets) in pooled.items()
+    }
+    return bins, binary
+
+
+def _metrics_table(
+    frame: pd.DataFrame,
+    which: str,
+    metrics: Sequence[str],
+    methods: Sequence[str],
+    split: str = "test",
+) -> str:
+    columns = [f"{which}/{split}/{m}" for m in metrics if f"{which}/{split}/{m}" in frame.columns]
+    if not columns:
+        return "_no finished run logged these metrics_\n"
+    stats = summarize(frame, columns, methods=methods)
+    failed = frame[(frame["status"] != "ok") & (frame["role"] == "method")].groupby("method").size()
+    header = ["method", "seeds"] + [c.split("/", 1)[1] for c in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in stats.index:
+        n = int(stats.loc[method, (columns[0], "n")])
+        seeds = f"{n}" + (f" ({int(failed[method])} failed)" if method in failed else "")
+        cells = [
+            format_mean_std(stats.loc[method, (c, "mean")], stats.loc[method, (c, "std")])
+            for c in columns
+        ]
+        lines.append("| " + " | ".join([f"`{method}`", seeds, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_HIGHER_IS_BETTER = ("acc", "auroc", "acc_top5")
+
+
+def best_on_validation(frame: pd.DataFrame, monitor: str, methods: Sequence[str]) -> str | None:
+    """The method with the best mean validation ``monitor`` of its selected checkpoints.
+
+    Lower is better, except for accuracy and AUROC. ``None`` when no run logged it.
+    """
+    column = f"best/{monitor}"
+    if column not in frame.columns:
+        return None
+    means = summarize(frame, [column], methods=methods)[(column, "mean")].dropna()
+    if means.empty:
+        return None
+    higher = monitor.rsplit("/", 1)[-1] in _HIGHER_IS_BETTER
+    return str(means.idxmax() if higher else means.idxmin())
+
+
+def _pretrained_table(
+    frame: pd.DataFrame, metrics: Sequence[str], uses: Mapping[str, Sequence[str]]
+) -> str:
+    rows = frame[frame["role"] == "pretrained"]
+    columns = [f"best/test/{m}" for m in metrics if f"best/test/{m}" in frame.columns]
+    header = [
+        "name",
+        "status",
+        "selected on",
+        *[c.split("/", 1)[1] for c in columns],
+        "run directory",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in rows.iterrows():
+        cells = [("–" if pd.isna(row.get(c)) else f"{row[c]:.4f}") for c in columns]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"`{row['method']}`",
+                    row["status"],
+                    str(row.get("monitor", "–")),
+                    *cells,
+                    f"`{row['run_dir']}`",
+                ]
+            )
+            + " |"
+        )
+    text = "\n".join(lines) + "\n"
+    if uses:
+        text += "\nCheckpoints passed to the methods:\n\n"
+        text += "".join(
+            f"- `{m}`: " + ", ".join(f"`{o}`" for o in ov) + "\n" for m, ov in uses.items()
+        )
+    return text
+
+
+def summary_markdown(
+    records: Sequence[RunRecord],
+    *,
+    title: str = "Comparison",
+    methods: Sequence[str] | None = None,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    uses: Mapping[str, Sequence[str]] | None = None,
+    commands: Sequence[str] = (),
+    plots: Mapping[str, str] | None = None,
+    notes: Sequence[str] = (),
+) -> str:
+    """The ``summary.md`` text: mean ± std tables, pretrained models, failures, plots."""
+    frame = results_frame(records)
+    is_method = frame["role"] == "method" if not frame.empty else pd.Series(dtype=bool)
+    method_rows = frame[is_method] if not frame.empty else frame
+    order = (
+        list(methods) if methods is not None else list(dict.fromkeys(method_rows.get("method", [])))
+    )
+    names = available_metrics(frame, "test", metrics) if not frame.empty else []
+    monitor = sorted({str(m) for m in method_rows.get("monitor", pd.Series(dtype=object)).dropna()})
+    ok = int((method_rows["status"] == "ok").sum()) if not method_rows.empty else 0
+    seeds = sorted({int(s) for s in method_rows.get("seed", pd.Series(dtype="Int64")).dropna()})
+    out = [f"# {title}\n"]
+    out.append(
+        f"{len(method_rows)} runs of {len(order)} methods, {ok} finished, "
+        f"{len(method_rows) - ok} failed; seeds {', '.join(map(str, seeds)) or '–'}. "
+        "Cells: mean ± sample standard deviation (ddof = 1) over the finished seeds, "
+        "on the test split. Nothing is selected on test.\n"
+    )
+    out.extend(f"{note}\n" for note in notes)
+    if not frame.empty and names:
+        sel = f" (monitor: {', '.join(monitor)})" if monitor else ""
+        out.append(f"## Validation-selected checkpoint{sel}\n")
+        out.append(_metrics_table(frame, "best", names, order))
+        out.append("## Last epoch\n")
+        out.append(_metrics_table(frame, "last", names, order))
+        out.append("## Validation metrics of the selected checkpoint\n")
+        picks = {m: best_on_validation(frame, f"val/{m}", order) for m in names}
+        picks = {m: p for m, p in picks.items() if p}
+        if picks:
+            first = monitor[0].split("/", 1)[-1] if monitor else next(iter(picks))
+            lines = [f"- best mean `val/{m}`: `{p}`" for m, p in picks.items()]
+            out.append(
+                "The best method on each validation metric (the choice to make without "
+                f"looking at test; each run's checkpoint was selected on `val/{first}`):"
+                "\n\n" + "\n".join(lines) + "\n"
+            )
+        out.append(_metrics_table(frame, "best", names, order, split="val"))
+    if not frame.empty and (frame["role"] == "pretrained").any():
+        out.append("## Pretrained models (trained once, reused)\n")
+        out.append(_pretrained_table(frame, names, uses or {}))
+    failed = [r for r in records if not r.ok]
+    if failed:
+        out.append("## Failed runs\n")
+        for record in failed:
+            seed = "" if record.seed is None else f", seed {record.seed}"
+            log = f" (log: `{record.log}`)" if record.log else ""
+            out.append(f"### `{record.method}`{seed}\n\nRun directory: `{record.run_dir}`{log}\n")
+            out.append("```text\n" + record.error.strip() + "\n```\n")
+    if plots:
+        out.append("## Plots\n")
+        out.extend(f"![{name}]({rel})\n" for name, rel in plots.items())
+    if commands:
+        out.append("## Commands\n")
+        out.append("```bash\n" + "\n".join(commands) + "\n```\n")
+    return "\n".join(out)
+
+
+def write_report(
+    records: Sequence[RunRecord],
+    out_dir: str | os.PathLike,
+    *,
+    title: str = "Comparison",
+    methods: Sequence[str] | None = None,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    uses: Mapping[str, Sequence[str]] | None = None,
+    commands: Sequence[str] = (),
+    n_bins: int = 15,
+    notes: Sequence[str] = (),
+) -> Report:
+    """Write ``results.csv``, the plots and ``summary.md`` into ``out_dir``.
+
+    A plot is skipped, with a note in the summary, when its inputs are missing (no saved
+    predictions for the reliability diagrams, no ``metrics.csv`` for the curves).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = results_frame(records)
+    results = atomic_write(out_dir / "results.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    order = list(methods) if methods is not None else None
+    plots: dict[str, Path] = {}
+    notes = list(notes)
+    finished = (
+        frame[(frame["status"] == "ok") & (frame["role"] == "method")] if not frame.empty else frame
+    )
+    names = available_metrics(frame, "test", metrics) if not frame.empty else []
+    if not finished.empty and names:
+        present = [
+            m for m in (order or dict.fromkeys(finished["method"])) if m in set(finished["method"])
+        ]
+        plots["metrics"] = plot_metric_bars(
+            finished, names, out_dir / "plots" / "metrics.png", methods=present
+        )
+    curves = mean_curves(records)
+    if curves:
+        curves = {m: curves[m] for m in (order or list(curves)) if m in curves}
+        plots["curves"] = plot_curves(curves, out_dir / "plots" / "curves.png")
+    else:
+        notes.append("_No training curves: no finished run has a `metrics.csv` log._")
+    bins, binary = method_reliability(records, n_bins)
+    if bins:
+        bins = {m: bins[m] for m in (order or list(bins)) if m in bins}
+        plots["reliability"] = plot_reliability(
+            bins, out_dir / "plots" / "reliability.png", binary=binary
+        )
+    else:
+        notes.append(
+            f"_No reliability diagrams: no finished run saved `{PREDICTIONS_FILE}` "
+            "(test probabilities and labels)._"
+        )
+    rel = {name: os.path.relpath(path, out_dir) for name, path in plots.items()}
+    text = summary_markdown(
+        records,
+        title=title,
+        methods=order,
+        metrics=metrics,
+        uses=uses,
+        commands=commands,
+        plots=rel,
+        notes=notes,
+    )
+    summary = atomic_write_text(out_dir / "summary.md", text)
+    return Report(results, summary, plots, notes)

@@ -1,0 +1,125 @@
+"""Comparison configs: validation, pretrained-model wiring and the exact commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from softlabel.compare import plan_from_config
+
+
+def config(tmp_path: Path, **changes) -> dict:
+    base = {
+        "out": str(tmp_path / "cmp"),
+        "base": ["data=digits"],
+        "seeds": [0, 1],
+        "methods": {"hard": ["target=hard"], "kd": ["target=kd", "teacher=mlp_large"]},
+        "pretrained": {"teacher": ["student=mlp_large", "target=hard"]},
+        "train_command": ["train"],
+    }
+    return {**base, **changes}
+
+
+def test_kd_uses_the_teacher_trained_once(tmp_path: Path) -> None:
+    plan = plan_from_config(config(tmp_path))
+    jobs = plan.jobs()
+    assert [(j.name, j.role) for j in jobs] == [
+        ("teacher", "pretrained"),
+        ("hard", "method"),
+        ("kd", "method"),
+    ]
+    out = tmp_path / "cmp"
+    assert jobs[0].argv == (
+        "train",
+        "-m",
+        "data=digits",
+        "student=mlp_large",
+        "target=hard",
+        "method=teacher",
+        "seed=0",
+        f"hydra.sweep.dir={out}/pretrained",
+        "hydra.sweep.subdir=teacher",
+    )
+    ckpt = f"teacher.checkpoint={out}/pretrained/teacher/checkpoints/best.ckpt"
+    assert jobs[2].argv == (
+        "train",
+        "-m",
+        "data=digits",
+        "target=kd",
+        "teacher=mlp_large",
+        ckpt,
+        "method=kd",
+        "seed=0,1",
+        f"hydra.sweep.dir={out}/runs/kd",
+        "hydra.sweep.subdir=seed${seed}",
+    )
+    assert jobs[2].needs == ("teacher",) and jobs[1].needs == ()
+    assert jobs[2].run_dirs == {0: out / "runs/kd/seed0", 1: out / "runs/kd/seed1"}
+    assert ckpt not in jobs[1].argv
+
+
+def test_unused_pretrained_is_not_trained_and_per_run_launch(tmp_path: Path) -> None:
+    plan = plan_from_config(
+        config(tmp_path, methods={"hard": ["target=hard"]}, launch="per_run", save_predictions=True)
+    )
+    jobs = plan.jobs()
+    assert [j.log_name for j in jobs] == ["hard_seed0", "hard_seed1"]
+    assert "seed=1" in jobs[1].argv and "++save_predictions=true" in jobs[1].argv
+    assert plan.jobs({"hard": [1]})[0].run_dirs == {1: tmp_path / "cmp/runs/hard/seed1"}
+
+
+def test_explicit_teacher_previous_and_opt_out(tmp_path: Path) -> None:
+    methods = {
+        "kd_ls": {"overrides": ["target=kd"], "teacher": "ls_teacher"},
+        "kd_none": {"overrides": ["target=kd", "teacher.checkpoint=/my.ckpt"]},
+        "reloop": ["target=reloop"],
+        "kd_off": {"overrides": ["target=kd"], "teacher": None},
+    }
+    pretrained = {
+        "teacher": ["target=hard"],
+        "ls_teacher": {"overrides": ["target=ls"], "seed": 7},
+        "previous": ["trainer.max_epochs=2"],
+    }
+    plan = plan_from_config(config(tmp_path, methods=methods, pretrained=pretrained))
+    spec = {m.name: m.checkpoints for m in plan.methods}
+    assert spec == {
+        "kd_ls": (("teacher.checkpoint", "ls_teacher"),),
+        "kd_none": (),
+        "reloop": (("previous.checkpoint", "previous"),),
+        "kd_off": (),
+    }
+    assert [p.name for p in plan.used_pretrained()] == ["ls_teacher", "previous"]
+    assert "seed=7" in plan.jobs()[0].argv
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "match"),
+    [
+        ({"seeds": []}, ValueError, "seeds must be"),
+        ({"seeds": [0, 0]}, ValueError, "distinct"),
+        ({"methods": {}}, ValueError, "methods must map"),
+        ({"methods": {"a b": ["target=hard"]}}, ValueError, "method name 'a b'"),
+        ({"methods": {"hard": ["seed=3"]}}, ValueError, "may not set 'seed=3'"),
+        ({"methods": {"hard": "target=hard"}}, TypeError, "list of override strings"),
+        ({"methods": {"hard": ["target"]}}, ValueError, "key=value"),
+        (
+            {"methods": {"kd": {"overrides": [], "teacher": "nope"}}},
+            ValueError,
+            "'nope' is not a pretrained",
+        ),
+        ({"methods": {"kd": {"overrides": [], "bogus": 1}}}, ValueError, "unknown keys"),
+        ({"methods": {"teacher": ["target=hard"]}}, ValueError, "both a method and a pretrained"),
+        ({"launch": "parallel"}, ValueError, "launch must be one of"),
+        ({"out": ""}, ValueError, "out must name"),
+        ({"base": ["hydra.sweep.dir=x"]}, ValueError, "may not set"),
+    ],
+)
+def test_bad_config_raises(tmp_path: Path, changes: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        plan_from_config(config(tmp_path, **changes))
+
+
+def test_paths_with_special_characters_are_quoted(tmp_path: Path) -> None:
+    plan = plan_from_config(config(tmp_path / "a b"))
+    assert f"hydra.sweep.dir='{tmp_path}/a b/cmp/runs/hard'" in plan.jobs()[1].argv
