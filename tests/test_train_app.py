@@ -230,3 +230,23 @@ def test_cli_multirun_end_to_end(tmp_path):
     _check_metrics(tmp_path / "sweep" / "0", "hard", {})
     _check_metrics(tmp_path / "sweep" / "1", "ls", {"smoothing": 0.1})
     assert (tmp_path / "sweep" / "1" / ".hydra" / "config.yaml").is_file()
+
+
+def test_save_predictions_writes_the_val_selected_test_probabilities(tmp_path):
+    import numpy as np
+
+    from softlabel.modules.build import build_datamodule
+
+    cfg = _compose(*QUICK, "trainer.max_epochs=2", "save_predictions=true", "threads=1")
+    record = train(cfg, tmp_path)
+    assert record["predictions"] == "predictions_test.npz"
+    saved = np.load(tmp_path / "predictions_test.npz")
+    probs, target, index = saved["probs"], saved["target"], saved["index"]
+    datamodule = build_datamodule(cfg)
+    np.testing.assert_array_equal(np.sort(index), datamodule.split.test)
+    assert probs.shape == (len(index), datamodule.num_classes)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    # the same weights that metrics.json reports as "best" on test
+    accuracy = float((probs.argmax(axis=1) == target).mean())
+    assert accuracy == pytest.approx(record["best"]["test/acc"], abs=1e-6)
+    assert torch.get_num_threads() == 1

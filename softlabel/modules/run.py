@@ -10,6 +10,7 @@ import warnings
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -25,9 +26,17 @@ from softlabel.modules.build import (
 from softlabel.modules.metrics import monitor_for
 from softlabel.modules.soft_label_module import SoftLabelModule
 
-__all__ = ["CHECKPOINT_DIR", "METRICS_FILE", "run_training", "write_json_atomic"]
+__all__ = [
+    "CHECKPOINT_DIR",
+    "METRICS_FILE",
+    "PREDICTIONS_FILE",
+    "run_training",
+    "save_test_predictions",
+    "write_json_atomic",
+]
 
 METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions_test.npz"
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -51,6 +60,36 @@ def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(payload, handle, indent=2, sort_keys=False)
             handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+@torch.no_grad()
+def save_test_predictions(module: SoftLabelModule, datamodule: Any, path: str) -> None:
+    """Write the module's test-split probabilities to ``path`` (``.npz``, atomically):
+    ``probs`` (N, K) softmax, or (N,) P(y=1) for binary; ``target`` (N,); ``index`` (N,)."""
+    was_training = module.training
+    module.eval()
+    probs, target, index = [], [], []
+    for x, y, idx in datamodule.test_dataloader():
+        out = module.predict_step((x.to(module.device), y, idx), 0)
+        probs.append(out["probs"].float().cpu())
+        target.append(y)
+        index.append(idx)
+    module.train(was_training)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".predictions-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(
+                handle,
+                probs=torch.cat(probs).numpy(),
+                target=torch.cat(target).long().numpy(),
+                index=torch.cat(index).long().numpy(),
+            )
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -124,6 +163,8 @@ def run_training(cfg: DictConfig, output_dir: str) -> dict[str, Any]:
     ``metrics.json`` in ``output_dir``. Returns the metrics record."""
     _silence_known_warnings()
     start = time.perf_counter()
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     os.makedirs(output_dir, exist_ok=True)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
@@ -191,6 +232,11 @@ def run_training(cfg: DictConfig, output_dir: str) -> dict[str, Any]:
         "data_fingerprint": getattr(datamodule, "fingerprint", None),
     }
     if trainer.is_global_zero:
+        if cfg.get("save_predictions"):
+            # The module holds the val-selected weights here (the last evaluation loaded
+            # best.ckpt, or there is none and they are the final weights).
+            save_test_predictions(module, datamodule, os.path.join(output_dir, PREDICTIONS_FILE))
+            record["predictions"] = PREDICTIONS_FILE
         write_json_atomic(os.path.join(output_dir, METRICS_FILE), _jsonable(record))
     return record
 
