@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import os
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from softlabel._io import atomic_write_json
 from softlabel.loop.runner import (
     METHODS,
     LoopSettings,
@@ -135,7 +135,5 @@ def run_job(cfg: DictConfig, output_dir: str | os.PathLike[str]) -> Any:
         "stream": stream.description if stream is not None else "",
         "wall_time_s": round(time.perf_counter() - start, 2),
     }
-    tmp = out / ".loop.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, out / "loop.json")
+    atomic_write_json(out / "loop.json", info)
     return rows

@@ -9,17 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from softlabel._io import atomic_write, atomic_write_text
 from softlabel.loop.evaluate import PRIMARY_METRICS
 
 __all__ = ["method_summary", "plot_versions", "write_report"]
 
 LOWER_IS_BETTER = {"logloss", "nll", "ece", "nfr"}
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _mean_std(values: pd.Series) -> str:
@@ -82,10 +77,8 @@ def plot_versions(frame: pd.DataFrame, task: str, methods: Sequence[str], path: 
         ax.set_xlabel("model version")
     axes[0, 0].legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_report(
@@ -100,7 +93,7 @@ def write_report(
     """Write ``versions.csv``, ``summary.md`` (and ``versions.png``) into ``out_dir``; return the frame."""
     out = Path(out_dir)
     frame = pd.DataFrame(rows).sort_values(["method", "seed", "version"], kind="stable")
-    _atomic_text(out / "versions.csv", frame.to_csv(index=False))
+    atomic_write_text(out / "versions.csv", frame.to_csv(index=False))
     quality = PRIMARY_METRICS[task][0]
     seeds = sorted(frame["seed"].unique().tolist())
     parts = [
@@ -121,7 +114,7 @@ def write_report(
             "",
             _markdown(_per_version(frame, metric, methods), "version"),
         ]
-    _atomic_text(out / "summary.md", "\n".join(parts) + "\n")
+    atomic_write_text(out / "summary.md", "\n".join(parts) + "\n")
     if plot:
         plot_versions(frame, task, methods, out / "versions.png")
     return frame

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from typing import Any
 
 import lightning as L
+
+from softlabel._io import atomic_write_json
 
 __all__ = ["ParameterChecksum"]
 
@@ -37,7 +38,4 @@ class ParameterChecksum(L.Callback):
         }
         os.makedirs(self.dirpath, exist_ok=True)
         path = os.path.join(self.dirpath, f"rank{trainer.global_rank}.json")
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(record, handle)
-        os.replace(tmp, path)
+        atomic_write_json(path, record)

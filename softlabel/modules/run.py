@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 import warnings
 from typing import Any
@@ -15,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from softlabel._io import atomic_write, atomic_write_json
 from softlabel.modules.build import (
     absolute_path,
     build_datamodule,
@@ -53,18 +52,8 @@ def _silence_known_warnings() -> None:
 
 
 def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as JSON to ``path`` through a temporary file and ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".metrics-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``payload`` as JSON to ``path`` atomically."""
+    atomic_write_json(path, payload)
 
 
 @torch.no_grad()
@@ -80,21 +69,12 @@ def save_test_predictions(module: SoftLabelModule, datamodule: Any, path: str) -
         target.append(y)
         index.append(idx)
     module.train(was_training)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".predictions-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(
-                handle,
-                probs=torch.cat(probs).numpy(),
-                target=torch.cat(target).long().numpy(),
-                index=torch.cat(index).long().numpy(),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    arrays = {
+        "probs": torch.cat(probs).numpy(),
+        "target": torch.cat(target).long().numpy(),
+        "index": torch.cat(index).long().numpy(),
+    }
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
 
 
 def _choice(group: str, fallback: str) -> str:
