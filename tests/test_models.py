@@ -46,6 +46,19 @@ def test_mlp_structure_and_options():
         MLP(input_shape=(5,), num_classes=0)
 
 
+def test_mlp_input_dropout_drops_inputs_in_training_only():
+    model = MLP(input_shape=(6,), num_classes=2, hidden=(4,), input_dropout=0.5)
+    assert isinstance(model.net[1], nn.Dropout) and model.net[1].p == 0.5
+    x = torch.ones(1000, 6)
+    model.train()
+    dropped = (model.net[1](x) == 0).float().mean().item()
+    assert 0.4 < dropped < 0.6
+    model.eval()
+    torch.testing.assert_close(model.net[1](x), x)
+    with pytest.raises(ValueError, match="input_dropout=1.0"):
+        MLP(input_shape=(6,), num_classes=2, input_dropout=1.0)
+
+
 def test_cnn_picks_the_convolution_dimension():
     assert any(isinstance(m, nn.Conv1d) for m in CNN(input_shape=(1, 40), num_classes=2).modules())
     assert any(
