@@ -5,13 +5,9 @@ from __future__ import annotations
 import torch.nn.functional as tf
 from torch import Tensor
 
+from softlabel.functional._fused import fused_per_position
 from softlabel.functional._reduction import _reduce
-from softlabel.functional._validation import check_reduction, prepare
-
-
-def nll_from_log_probs(log_probs: Tensor, index: Tensor) -> Tensor:
-    """``-log p[y]`` per position, from log-probabilities ``(..., K)`` and indices ``(...)``."""
-    return -log_probs.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+from softlabel.functional._validation import Positions, check_reduction, prepare
 
 
 def binary_cross_entropy_from_logits(logits: Tensor, soft_target: Tensor) -> Tensor:
@@ -19,11 +15,12 @@ def binary_cross_entropy_from_logits(logits: Tensor, soft_target: Tensor) -> Ten
     return -(soft_target * tf.logsigmoid(logits) + (1 - soft_target) * tf.logsigmoid(-logits))
 
 
-def _per_position_cross_entropy(logits: Tensor, index: Tensor, binary: bool) -> Tensor:
-    """Unreduced hard cross-entropy: ``-log softmax(s)[y]`` or binary BCE-with-logits."""
-    if binary:
-        return binary_cross_entropy_from_logits(logits, index.to(logits.dtype))
-    return nll_from_log_probs(tf.log_softmax(logits, dim=-1), index)
+def _per_position_cross_entropy(logits: Tensor, positions: Positions) -> Tensor:
+    """Unreduced hard cross-entropy: ``logsumexp(s) - s_y`` (fused kernel, multiclass) or
+    binary BCE-with-logits."""
+    if positions.binary:
+        return binary_cross_entropy_from_logits(positions.logits, positions.binary_target)
+    return fused_per_position(logits, positions, "hard")
 
 
 def cross_entropy_loss(
@@ -42,5 +39,5 @@ def cross_entropy_loss(
     """
     check_reduction(reduction)
     positions = prepare(logits, target, ignore_index=ignore_index, weight=weight)
-    per_position = _per_position_cross_entropy(positions.logits, positions.index, positions.binary)
+    per_position = _per_position_cross_entropy(logits, positions)
     return _reduce(per_position, positions.mask, positions.sample_weight, reduction)

@@ -5,23 +5,17 @@ from __future__ import annotations
 import torch.nn.functional as tf
 from torch import Tensor
 
+from softlabel.functional._fused import fused_per_position
 from softlabel.functional._reduction import _reduce
 from softlabel.functional._validation import (
+    Positions,
     check_alpha,
     check_reduction,
     check_teacher,
     check_temperature,
     prepare,
 )
-from softlabel.functional.cross_entropy import (
-    _per_position_cross_entropy,
-    nll_from_log_probs,
-)
-
-
-def _softmax_kl(teacher_log_probs: Tensor, student_log_probs: Tensor) -> Tensor:
-    """``KL(p_t || p_s) = sum_k p_t,k (log p_t,k - log p_s,k)`` over the last dimension."""
-    return (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(dim=-1)
+from softlabel.functional.cross_entropy import binary_cross_entropy_from_logits
 
 
 def _bernoulli_kl(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
@@ -36,31 +30,30 @@ def _bernoulli_kl(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
 def _per_position_distillation(
     student_logits: Tensor,
     teacher_logits: Tensor,
-    index: Tensor | None,
+    positions: Positions,
     temperature: float,
     alpha: float,
-    binary: bool,
 ) -> Tensor:
-    """Unreduced ``(1 - alpha) * CE(s, y) + alpha * T^2 * KL(p_t^T || p_s^T)``."""
-    scale = temperature * temperature
-    if binary:
-        soft = scale * _bernoulli_kl(teacher_logits / temperature, student_logits / temperature)
-        if alpha == 1.0:
-            return soft
-        assert index is not None
-        return (1 - alpha) * _per_position_cross_entropy(student_logits, index, True) + (
-            alpha * soft
+    """Unreduced ``(1 - alpha) * CE(s, y) + alpha * T^2 * KL(p_t^T || p_s^T)``.
+
+    Multiclass through the fused kernel; binary with the Bernoulli KL below.
+    """
+    if not positions.binary:
+        return fused_per_position(
+            student_logits,
+            positions,
+            "kd",
+            teacher=teacher_logits,
+            temperature=temperature,
+            alpha=alpha,
         )
-    student_log_probs = tf.log_softmax(student_logits / temperature, dim=-1)
-    teacher_log_probs = tf.log_softmax(teacher_logits / temperature, dim=-1)
-    soft = scale * _softmax_kl(teacher_log_probs, student_log_probs)
+    logits = positions.logits
+    soft = (temperature * temperature) * _bernoulli_kl(
+        teacher_logits / temperature, logits / temperature
+    )
     if alpha == 1.0:
         return soft
-    assert index is not None
-    if temperature == 1.0:
-        hard = nll_from_log_probs(student_log_probs, index)
-    else:
-        hard = _per_position_cross_entropy(student_logits, index, False)
+    hard = binary_cross_entropy_from_logits(logits, positions.binary_target)
     return (1 - alpha) * hard + alpha * soft
 
 
@@ -102,6 +95,6 @@ def distillation_loss(
     )
     teacher = check_teacher(teacher_logits, student_logits)
     per_position = _per_position_distillation(
-        positions.logits, teacher, positions.index, temperature, alpha, positions.binary
+        student_logits, teacher, positions, temperature, alpha
     )
     return _reduce(per_position, positions.mask, positions.sample_weight, reduction)

@@ -4,32 +4,34 @@ dropping below the previous model's."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as tf
 from torch import Tensor
 
+from softlabel.functional._fused import fused_per_position
 from softlabel.functional._reduction import _reduce
-from softlabel.functional._validation import check_alpha, check_previous, check_reduction, prepare
+from softlabel.functional._validation import (
+    Positions,
+    check_alpha,
+    check_previous,
+    check_reduction,
+    prepare,
+)
 from softlabel.functional.cross_entropy import binary_cross_entropy_from_logits
 
 
 def _per_position_self_correction(
-    logits: Tensor, index: Tensor, previous: Tensor, alpha: float, binary: bool
+    logits: Tensor, positions: Positions, previous: Tensor, alpha: float
 ) -> Tensor:
     """Unreduced ``(1 - alpha) * CE + alpha * L_sc``.
 
-    Multiclass: ``L_sc = max(0, p_prev[y] - p[y])``. Binary, p = sigmoid(logit):
+    Multiclass (fused kernel): ``L_sc = max(0, p_prev[y] - p[y])``. Binary, p = sigmoid(logit):
     ``L_sc = y max(0, p_prev - p) + (1 - y) max(0, p - p_prev)``.
     """
-    if binary:
-        label = index.to(logits.dtype)
-        hard = binary_cross_entropy_from_logits(logits, label)
-        gap = previous - torch.sigmoid(logits)
-        correction = label * torch.relu(gap) + (1 - label) * torch.relu(-gap)
-    else:
-        log_prob_true = tf.log_softmax(logits, dim=-1).gather(-1, index.unsqueeze(-1)).squeeze(-1)
-        hard = -log_prob_true
-        previous_true = previous.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-        correction = torch.relu(previous_true - log_prob_true.exp())
+    if not positions.binary:
+        return fused_per_position(logits, positions, "reloop", previous=previous, alpha=alpha)
+    label = positions.binary_target
+    hard = binary_cross_entropy_from_logits(positions.logits, label)
+    gap = previous - torch.sigmoid(positions.logits)
+    correction = label * torch.relu(gap) + (1 - label) * torch.relu(-gap)
     return (1 - alpha) * hard + alpha * correction
 
 
@@ -54,7 +56,5 @@ def self_correction_loss(
         raise ValueError("target is required for self_correction_loss, got target=None")
     positions = prepare(logits, target, ignore_index=ignore_index, weight=weight)
     previous_probs = check_previous(previous, positions)
-    per_position = _per_position_self_correction(
-        positions.logits, positions.index, previous_probs, alpha, positions.binary
-    )
+    per_position = _per_position_self_correction(logits, positions, previous_probs, alpha)
     return _reduce(per_position, positions.mask, positions.sample_weight, reduction)

@@ -2,34 +2,33 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as tf
 from torch import Tensor
 
+from softlabel.functional._fused import fused_per_position
 from softlabel.functional._reduction import _reduce
-from softlabel.functional._validation import check_prior, check_reduction, check_smoothing, prepare
-from softlabel.functional.cross_entropy import (
-    binary_cross_entropy_from_logits,
-    nll_from_log_probs,
+from softlabel.functional._validation import (
+    Positions,
+    check_prior,
+    check_reduction,
+    check_smoothing,
+    prepare,
 )
+from softlabel.functional.cross_entropy import binary_cross_entropy_from_logits
 
 
 def _per_position_label_smoothing(
-    logits: Tensor, index: Tensor, smoothing: float, prior: Tensor | None, binary: bool
+    logits: Tensor, positions: Positions, smoothing: float, prior: Tensor | None
 ) -> Tensor:
     """Unreduced ``(1 - eps) * CE(y, p) + eps * H(q, p)`` with q = uniform or ``prior``.
 
-    Binary: BCE-with-logits against ``y' = y (1 - eps) + eps * q1`` (q1 = 1/2 or ``prior[1]``).
+    Multiclass through the fused kernel. Binary: BCE-with-logits against
+    ``y' = y (1 - eps) + eps * q1`` (q1 = 1/2 or ``prior[1]``).
     """
-    if binary:
+    if positions.binary:
         positive = 0.5 if prior is None else prior[1]
-        soft_target = index.to(logits.dtype) * (1 - smoothing) + smoothing * positive
-        return binary_cross_entropy_from_logits(logits, soft_target)
-    log_probs = tf.log_softmax(logits, dim=-1)
-    nll = nll_from_log_probs(log_probs, index)
-    if smoothing == 0.0:
-        return nll
-    prior_cross_entropy = -log_probs.mean(dim=-1) if prior is None else -(log_probs @ prior)
-    return (1 - smoothing) * nll + smoothing * prior_cross_entropy
+        soft_target = positions.binary_target * (1 - smoothing) + smoothing * positive
+        return binary_cross_entropy_from_logits(positions.logits, soft_target)
+    return fused_per_position(logits, positions, "ls", eps=smoothing, prior=prior)
 
 
 def label_smoothing_loss(
@@ -55,7 +54,5 @@ def label_smoothing_loss(
     prior_vector = None
     if prior is not None:
         prior_vector = check_prior(prior, positions.num_classes, positions.logits)
-    per_position = _per_position_label_smoothing(
-        positions.logits, positions.index, eps, prior_vector, positions.binary
-    )
+    per_position = _per_position_label_smoothing(logits, positions, eps, prior_vector)
     return _reduce(per_position, positions.mask, positions.sample_weight, reduction)

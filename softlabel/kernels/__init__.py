@@ -5,6 +5,7 @@ from softlabel.kernels.fused import (
     FusedSoftTargetLossFunction,
     LossSpec,
     default_chunk_rows,
+    fused_per_row,
     fused_soft_target_loss,
 )
 
@@ -13,5 +14,6 @@ __all__ = [
     "FusedSoftTargetLossFunction",
     "LossSpec",
     "default_chunk_rows",
+    "fused_per_row",
     "fused_soft_target_loss",
 ]

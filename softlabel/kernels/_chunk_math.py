@@ -2,7 +2,8 @@
 
 Every function takes a chunk of logit rows ``s`` (rows, K), the labels ``y`` (rows, 1)
 (ignored rows already replaced by a valid class), and a work tensor ``g`` (rows, K) in the
-compute dtype. It returns the per-row loss (rows,) and leaves d loss_i / d s_i in ``g``.
+compute dtype. It returns the per-row loss (rows,) and leaves d loss_i / d s_i in ``g``
+(for KD divided by the constant ``kd_grad_scale``, which backward multiplies back in).
 All row-wise work happens in place on buffers of the chunk's size; nothing of size N x K
 is allocated here.
 
@@ -20,19 +21,14 @@ def _row_dot(a: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
-def _centered(s: Tensor, g: Tensor, scale: float = 1.0) -> Tensor:
-    """Write g = (s - m) * scale and return m (rows, 1) in g's dtype."""
-    m = s.amax(dim=1, keepdim=True).to(g.dtype)
-    if scale == 1.0:
-        torch.sub(s, m, out=g)
-    else:
-        torch.add(m * -scale, s, alpha=scale, out=g)
-    return m
-
-
 def _source_rows(s: Tensor, g: Tensor) -> Tensor:
     """``s`` itself when it has the compute dtype, else ``s`` copied (upcast) into ``g``."""
     return s if s.dtype == g.dtype else g.copy_(s)
+
+
+def _log_z(probs: Tensor, top: Tensor) -> Tensor:
+    """log Z = -log p_top (rows,), with ``top`` the row's argmax: p_top >= 1/K never underflows."""
+    return probs.gather(1, top).log().neg().view(-1)
 
 
 def _softmax_log_z(src: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
@@ -91,52 +87,84 @@ def reloop_chunk(s: Tensor, y: Tensor, g: Tensor, alpha: float, previous_y: Tens
     return loss
 
 
+def _softmax_into(x: Tensor, out: Tensor) -> Tensor:
+    """out = softmax(x) over rows in one fused pass (half inputs are upcast first)."""
+    if x.dtype == out.dtype:
+        return torch.ops.aten._softmax.out(x, 1, False, out=out)
+    return out.copy_(torch.softmax(x, dim=1, dtype=out.dtype))
+
+
+def _centered(x: Tensor, out: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Write out = (x - m) * scale in one pass; return m = max_k x_k and its index (rows, 1)."""
+    m, top = x.max(dim=1, keepdim=True)
+    m = m.to(out.dtype)
+    if scale == 1.0:
+        torch.sub(x, m, out=out)
+    else:
+        torch.add(m * -scale, x, alpha=scale, out=out)
+    return m, top
+
+
+def kd_grad_scale(temperature: float, alpha: float) -> float:
+    """Factor c between the gradient and what ``kd_chunk`` leaves in ``g`` (grad = c g).
+
+    Folding c into backward's ``grad_output`` scaling saves one pass per chunk; c is the
+    larger of the two weights, so every coefficient kd_chunk applies is at most 1.
+    """
+    if temperature == 1.0:
+        return 1.0
+    if alpha == 1.0:
+        return temperature
+    return max(alpha * temperature, 1.0 - alpha)
+
+
 def kd_chunk(
     s: Tensor,
     y: Tensor | None,
     g: Tensor,
     t: Tensor,
-    work_t: Tensor,
-    work_d: Tensor,
+    work_a: Tensor,
+    work_b: Tensor,
     temperature: float,
     alpha: float,
 ) -> Tensor:
     """Hinton distillation: (1 - alpha) CE(s, y) + alpha T^2 KL(softmax(t/T) || softmax(s/T)).
 
-    With a = (s - m_s)/T, b = (t - m_t)/T, Z_s = sum exp(a), Z_t = sum exp(b), q = exp(b)/Z_t:
-    KL = sum_k q_k (b_k - a_k) - log Z_t + log Z_s
-    grad = alpha T (softmax(s/T) - q) + (1 - alpha) (p - onehot_y)
-    ``work_t`` and ``work_d`` are (rows, K) buffers; ``y`` may be None only when alpha = 1.
+    With a = (s - m_s)/T, b = (t - m_t)/T (centered, so nothing cancels), q = softmax(b),
+    r = softmax(a) and log Z_x = log sum_k exp(x_k) = -log max_k softmax(x)_k:
+    KL = q . (b - a) - log Z_b + log Z_a
+    grad = alpha T (r - q) + (1 - alpha) (p - onehot_y), left in ``g`` divided by
+    ``kd_grad_scale(T, alpha)``. Per chunk: two row maxima, fused softmax row passes for
+    t/T, s/T and (when T != 1 and alpha < 1) s, and five element-wise passes.
+    ``work_a`` and ``work_b`` are (rows, K) buffers; ``y`` may be None only when alpha = 1.
     """
     inv_t = 1.0 / temperature
-    with_ce = alpha < 1.0
-    m_s = _centered(s, g, inv_t)  # g = a
-    _centered(t, work_t, inv_t)  # work_t = b
-    torch.sub(work_t, g, out=work_d)  # b - a
-    work_t.exp_()
-    z_t = work_t.sum(dim=1, keepdim=True)
-    dot = _row_dot(work_t, work_d) / z_t.view(-1)
-    g.exp_()
-    z_s = g.sum(dim=1, keepdim=True)
-    log_z_s = z_s.log().view(-1)
-    kl = dot - z_t.log().view(-1) + log_z_s
+    _, top_t = _centered(t, work_a, inv_t)  # work_a = b
+    q = _softmax_into(work_a, work_b)
+    m_s, top_s = _centered(s, g, inv_t)  # g = a
+    diff = work_a.sub_(g)  # b - a
+    dot = _row_dot(q, diff)
+    r = _softmax_into(g, work_a)
+    log_z_a = _log_z(r, top_s)
+    kl = dot - _log_z(q, top_t) + log_z_a
     loss = (alpha * temperature * temperature) * kl
-    kd_scale = alpha * temperature
-    if not with_ce:
-        g.mul_(kd_scale / z_s)
-        g.addcmul_(work_t, -kd_scale / z_t)
+    if alpha == 1.0:  # grad = T (r - q)
+        torch.sub(r, q, out=g)
         return loss
-    s_y = s.gather(1, y).view(-1).to(g.dtype) - m_s.view(-1)
-    if temperature == 1.0:  # softmax(s/T) is p: fold both terms into one scale
-        ce = log_z_s - s_y
-        g.mul_((kd_scale + 1.0 - alpha) / z_s)
+    s_y = s.gather(1, y).to(g.dtype).view(-1) - m_s.view(-1)
+    if temperature == 1.0:  # r is p: grad = p - alpha q - (1 - alpha) onehot_y
+        ce = log_z_a - s_y
+        torch.sub(r, q, alpha=alpha, out=g)
+        scale = 1.0
     else:
-        g.mul_(kd_scale / z_s)
-        _centered(s, work_d)
-        work_d.exp_()
-        z = work_d.sum(dim=1, keepdim=True)
-        ce = z.log().view(-1) - s_y
-        g.addcmul_(work_d, (1.0 - alpha) / z)
-    g.addcmul_(work_t, -kd_scale / z_t)
-    g.scatter_add_(1, y, g.new_full(y.shape, -(1.0 - alpha)))
+        p = _softmax_into(s, g)
+        ce = _log_z(p, top_s) - s_y
+        kd_weight, ce_weight = alpha * temperature, 1.0 - alpha
+        scale = kd_grad_scale(temperature, alpha)
+        r.sub_(q)
+        if kd_weight == scale:  # g = (r - q) + (ce_weight / kd_weight) p
+            torch.add(r, p, alpha=ce_weight / kd_weight, out=g)
+        else:  # g = p + (kd_weight / ce_weight) (r - q)
+            g.add_(r, alpha=kd_weight / ce_weight)
+    g.scatter_add_(1, y, g.new_full(y.shape, -(1.0 - alpha) / scale))
     return loss + (1.0 - alpha) * ce

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from softlabel.kernels import _chunk_math
 from softlabel.kernels._validate import validate_inputs
@@ -24,9 +25,13 @@ from softlabel.kernels._validate import validate_inputs
 MODES = ("hard", "ls", "kd", "reloop")
 
 #: Bytes of all (chunk_rows, K) arrays one chunk touches (inputs and work buffers together).
-#: Large enough to keep the number of multi-threaded ops per call small, small enough to stay
-#: near the last-level cache; see docs/performance.md for the measurements.
-CHUNK_BYTES = 32 << 20
+#: Each chunk issues about a dozen multi-threaded ops, and with 2 threads on a shared machine
+#: every op waits for its slowest thread, so fewer, larger chunks win: at K = 32000 fp32,
+#: 2 threads, KD took 8.6 / 3.9 / 2.5 / 2.1 / 1.8 s at 52 / 128 / 256 / 512 / 1024 rows and LS
+#: 2.4 / 1.6 / 1.3 / 1.1 s at 131 / 256 / 512 / 4096 rows (docs/performance.md). 256 MiB gives
+#: 419 rows for KD (2 work buffers: 107 MB extra) and 1048 rows for CE/LS/ReLoop (no work
+#: buffer unless the logits are half precision).
+CHUNK_BYTES = 256 << 20
 
 #: (chunk_rows, K) arrays a chunk touches per mode: logits and gradient, plus teacher and two
 #: work buffers for distillation.
@@ -60,10 +65,18 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def grad_scale(spec: LossSpec) -> float:
+    """c with d loss_i / d s_i = c * (what ``_forward`` writes into the gradient buffer)."""
+    if spec.mode == "kd" and spec.alpha > 0.0:
+        return _chunk_math.kd_grad_scale(spec.temperature, spec.alpha)
+    return 1.0
+
+
 def _forward(
-    logits: Tensor, target: Tensor | None, spec: LossSpec, need_grad: bool
+    logits: Tensor, labels: Tensor | None, valid: Tensor | None, spec: LossSpec, need_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
-    """Per-row loss (N,) and, when ``need_grad``, the gradient (N, K) in the logits' dtype."""
+    """Per-row loss (N,) and, when ``need_grad``, the gradient (N, K) in the logits' dtype,
+    divided by ``grad_scale(spec)``."""
     n, k = logits.shape
     cd = _compute_dtype(logits.dtype)
     loss = torch.zeros(n, dtype=cd, device=logits.device)
@@ -73,26 +86,24 @@ def _forward(
     rows = min(n, spec.chunk_rows or default_chunk_rows(k, cd, spec.mode))
     grad_in_place = grad is not None and grad.dtype == cd
     work_g = None if grad_in_place else logits.new_empty((rows, k), dtype=cd)
-    work_t = work_d = None
+    work_a = work_b = None
     if spec.mode == "kd":
-        work_t = logits.new_empty((rows, k), dtype=cd)
-        work_d = logits.new_empty((rows, k), dtype=cd)
+        work_a = logits.new_empty((rows, k), dtype=cd)
+        work_b = logits.new_empty((rows, k), dtype=cd)
     prior_eps = prior_sum = None
     if spec.mode == "ls" and spec.prior is not None:
         prior_eps = spec.prior.to(cd) * spec.eps
         prior_sum = float(spec.prior.to(cd).sum())
-    valid = None if target is None else target != spec.ignore_index
-    labels = None
-    if target is not None:
-        labels = target.masked_fill(~valid, 0).unsqueeze(1)
-        if bool(valid.all()):
-            valid = None
+    if labels is not None:
+        labels = labels.unsqueeze(1)
+    if valid is not None and bool(valid.all()):
+        valid = None
     for a in range(0, n, rows):
         b = min(n, a + rows)
         s = logits[a:b]
         g = grad[a:b] if grad_in_place else work_g[: b - a]
         y = None if labels is None else labels[a:b]
-        loss[a:b] = _chunk_loss(s, y, g, spec, a, b, work_t, work_d, prior_eps, prior_sum)
+        loss[a:b] = _chunk_loss(s, y, g, spec, a, b, work_a, work_b, prior_eps, prior_sum)
         if grad is not None and not grad_in_place:
             grad[a:b].copy_(g)
     if valid is not None:  # ignored rows: loss 0, gradient 0 (also over NaN/inf logits)
@@ -102,7 +113,7 @@ def _forward(
     return loss, grad
 
 
-def _chunk_loss(s, y, g, spec, a, b, work_t, work_d, prior_eps, prior_sum) -> Tensor:
+def _chunk_loss(s, y, g, spec, a, b, work_a, work_b, prior_eps, prior_sum) -> Tensor:
     """Dispatch one chunk to its mode's math in ``_chunk_math``."""
     if spec.mode == "hard" or (spec.mode == "kd" and spec.alpha == 0.0):
         return _chunk_math.ce_ls_chunk(s, y, g, 0.0, None, 1.0)
@@ -115,7 +126,7 @@ def _chunk_loss(s, y, g, spec, a, b, work_t, work_d, prior_eps, prior_sum) -> Te
         return _chunk_math.reloop_chunk(s, y, g, spec.alpha, prev_y.to(g.dtype))
     rows = b - a
     return _chunk_math.kd_chunk(
-        s, y, g, spec.teacher[a:b], work_t[:rows], work_d[:rows], spec.temperature, spec.alpha
+        s, y, g, spec.teacher[a:b], work_a[:rows], work_b[:rows], spec.temperature, spec.alpha
     )
 
 
@@ -123,19 +134,26 @@ class FusedSoftTargetLossFunction(torch.autograd.Function):
     """Autograd wrapper: forward computes loss and gradient, backward scales the gradient."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, target: Tensor | None, spec: LossSpec) -> Tensor:
-        loss, grad = _forward(logits, target, spec, need_grad=True)
+    def forward(
+        ctx, logits: Tensor, labels: Tensor | None, valid: Tensor | None, spec: LossSpec
+    ) -> Tensor:
+        loss, grad = _forward(logits, labels, valid, spec, need_grad=True)
         ctx.grad = grad
+        ctx.grad_scale = grad_scale(spec)
         out_dtype = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else None
         return loss if out_dtype is None else loss.to(out_dtype)
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None]:
+    @once_differentiable  # the gradient is a constant buffer: no double backward
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None, None]:
         grad = ctx.grad
+        row_scale = grad_output.unsqueeze(1)
+        if ctx.grad_scale != 1.0:
+            row_scale = row_scale * ctx.grad_scale
         if _graph_is_kept():  # the graph may be run again: keep the buffer intact
-            return grad * grad_output.unsqueeze(1), None, None
+            return grad * row_scale, None, None, None
         ctx.grad = None  # drop our reference so autograd may reuse the buffer as .grad
-        return grad.mul_(grad_output.unsqueeze(1)), None, None
+        return grad.mul_(row_scale), None, None, None
 
 
 def _graph_is_kept() -> bool:
@@ -189,8 +207,25 @@ def fused_soft_target_loss(
         target,
         modes=MODES,
     )
+    labels = valid = None
+    if target is not None:
+        valid = target != ignore_index
+        labels = target.long().masked_fill(~valid, 0)
+    return fused_per_row(logits, labels, valid, spec)
+
+
+def fused_per_row(
+    logits: Tensor, labels: Tensor | None, valid: Tensor | None, spec: LossSpec
+) -> Tensor:
+    """``fused_soft_target_loss`` of inputs the caller has already validated (no checks here).
+
+    ``logits`` (N, K); ``labels`` (N,) int64 class indices in [0, K) at every row (any class
+    at ignored rows; None only for kd with alpha = 1); ``valid`` (N,) bool, False at ignored
+    rows (loss and gradient 0), or None when every row counts. The tensors in ``spec`` have
+    the shapes ``validate_inputs`` allows and carry no gradient.
+    """
     logits = logits.contiguous()
     if torch.is_grad_enabled() and logits.requires_grad:
-        return FusedSoftTargetLossFunction.apply(logits, target, spec)
-    loss, _ = _forward(logits.detach(), target, spec, need_grad=False)
+        return FusedSoftTargetLossFunction.apply(logits, labels, valid, spec)
+    loss, _ = _forward(logits.detach(), labels, valid, spec, need_grad=False)
     return loss.float() if logits.dtype in (torch.float16, torch.bfloat16) else loss
