@@ -82,6 +82,32 @@ def test_topk_logits_soften_like_the_reconstruction(temperature):
     torch.testing.assert_close(torch.softmax(logits / temperature, -1), softened)
 
 
+@pytest.mark.parametrize(("k", "temperature"), [(1, 1.0), (3, 1.0), (1, 2.0), (3, 4.0), (6, 4.0)])
+def test_uniform_leftover_gives_the_tail_its_largest_softened_share(logits, k, temperature):
+    """At T = 1 the tail keeps its mass; at T > 1 the uniform leftover over-weights it.
+
+    Power-mean inequality: sum_tail p_c**(1/T) <= (K - k) * (R / (K - k))**(1/T), with
+    R = sum_tail p_c, equality iff the tail is uniform (checked in float64 with numpy).
+    """
+    z = logits.double().numpy()
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    order = np.argsort(-p, axis=1)
+    kept, tail = order[:, :k], order[:, k:]
+    logprob = torch.log_softmax(logits.double(), -1)
+    rebuilt = reconstruct_topk_logits(
+        torch.from_numpy(kept), logprob.gather(1, torch.from_numpy(kept)), NUM_CLASSES
+    )
+    rebuilt_tail = torch.softmax(rebuilt.double() / temperature, -1).numpy()
+    rebuilt_tail = np.take_along_axis(rebuilt_tail, tail, 1).sum(1)
+    powered = p ** (1 / temperature)
+    teacher_tail = np.take_along_axis(powered, tail, 1).sum(1) / powered.sum(1)
+    if temperature == 1.0:
+        np.testing.assert_allclose(rebuilt_tail, teacher_tail, rtol=1e-5)
+    else:
+        assert (rebuilt_tail > teacher_tail).all()
+
+
 def test_topk_logits_stay_finite_for_a_certain_teacher(tmp_path):
     logits = torch.tensor([[0.0, 200.0, -200.0, 0.0]] * 3)
     cache = TeacherCache.open(
