@@ -19,6 +19,16 @@ _CHECKS: dict[str, Callable[[Any], float]] = {
 }
 
 
+class hyper_parameter:  # noqa: N801 (used like @property)
+    """Class attribute reading a hyper-parameter's value at the current progress."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, source: TargetSource | None, owner: type | None = None) -> Any:
+        return self if source is None else source._value(self.name)
+
+
 class TargetSource:
     """Defines ``w`` and ``soft_term`` in ``loss = (1 - w) * hard_CE + w * soft_term``.
 
@@ -66,22 +76,28 @@ class TargetSource:
         """The hyper-parameters in force, e.g. ``{"smoothing": 0.08}``."""
         return {key: self._value(key) for key in self._schedules}
 
-    def _require_reference(self, reference: Tensor | None) -> Tensor:
-        if reference is None:
-            raise ValueError(
-                f"{type(self).__name__} needs reference={self.reference!r}, got reference=None"
-            )
-        return reference
-
     def loss(
         self,
         logits: Tensor,
-        target: Tensor,
+        target: Tensor | None,
         reference: Tensor | None = None,
         *,
         ignore_index: int = -100,
         reduction: str = "mean",
         weight: Tensor | None = None,
+    ) -> Tensor:
+        """The loss of ``logits`` against ``target`` (and ``reference`` when the source needs
+        one: see ``self.reference``), with the functional form's options."""
+        if self.reference is not None and reference is None:
+            raise ValueError(
+                f"{type(self).__name__} needs reference={self.reference!r}, got reference=None"
+            )
+        return self._loss(
+            logits, target, reference, ignore_index=ignore_index, reduction=reduction, weight=weight
+        )
+
+    def _loss(
+        self, logits: Tensor, target: Tensor | None, reference: Tensor | None, **options: Any
     ) -> Tensor:
         raise NotImplementedError
 

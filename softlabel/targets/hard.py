@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from softlabel.functional import cross_entropy_loss
@@ -17,16 +19,5 @@ class Hard(TargetSource):
     def __init__(self) -> None:
         super().__init__()
 
-    def loss(
-        self,
-        logits: Tensor,
-        target: Tensor,
-        reference: Tensor | None = None,
-        *,
-        ignore_index: int = -100,
-        reduction: str = "mean",
-        weight: Tensor | None = None,
-    ) -> Tensor:
-        return cross_entropy_loss(
-            logits, target, ignore_index=ignore_index, reduction=reduction, weight=weight
-        )
+    def _loss(self, logits: Tensor, target: Tensor, reference: None, **options: Any) -> Tensor:
+        return cross_entropy_loss(logits, target, **options)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from softlabel.functional import self_correction_loss
-from softlabel.targets._base import HyperParameter, TargetSource
+from softlabel.targets._base import HyperParameter, TargetSource, hyper_parameter
 
 
 class PreviousModel(TargetSource):
@@ -17,30 +19,10 @@ class PreviousModel(TargetSource):
 
     name = "reloop"
     reference = "previous_probs"
+    alpha = hyper_parameter()
 
     def __init__(self, alpha: HyperParameter = 0.5) -> None:
         super().__init__(alpha=alpha)
 
-    @property
-    def alpha(self) -> float:
-        return self._value("alpha")
-
-    def loss(
-        self,
-        logits: Tensor,
-        target: Tensor,
-        reference: Tensor | None = None,
-        *,
-        ignore_index: int = -100,
-        reduction: str = "mean",
-        weight: Tensor | None = None,
-    ) -> Tensor:
-        return self_correction_loss(
-            logits,
-            target,
-            self._require_reference(reference),
-            self.alpha,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            weight=weight,
-        )
+    def _loss(self, logits: Tensor, target: Tensor, reference: Tensor, **options: Any) -> Tensor:
+        return self_correction_loss(logits, target, reference, self.alpha, **options)

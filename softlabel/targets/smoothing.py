@@ -10,7 +10,7 @@ from torch import Tensor
 
 from softlabel.functional import label_smoothing_loss
 from softlabel.functional._validation import PRIOR_TOLERANCE
-from softlabel.targets._base import HyperParameter, TargetSource
+from softlabel.targets._base import HyperParameter, TargetSource, hyper_parameter
 
 
 class UniformPrior(TargetSource):
@@ -18,32 +18,13 @@ class UniformPrior(TargetSource):
 
     name = "ls"
     reference = None
+    smoothing = hyper_parameter()
 
     def __init__(self, smoothing: HyperParameter = 0.1) -> None:
         super().__init__(smoothing=smoothing)
 
-    @property
-    def smoothing(self) -> float:
-        return self._value("smoothing")
-
-    def loss(
-        self,
-        logits: Tensor,
-        target: Tensor,
-        reference: Tensor | None = None,
-        *,
-        ignore_index: int = -100,
-        reduction: str = "mean",
-        weight: Tensor | None = None,
-    ) -> Tensor:
-        return label_smoothing_loss(
-            logits,
-            target,
-            self.smoothing,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            weight=weight,
-        )
+    def _loss(self, logits: Tensor, target: Tensor, reference: None, **options: Any) -> Tensor:
+        return label_smoothing_loss(logits, target, self.smoothing, **options)
 
 
 def _as_vector(name: str, values: Any) -> Tensor:
@@ -82,6 +63,7 @@ class ClassPrior(TargetSource):
 
     name = "ls_prior"
     reference = None
+    smoothing = hyper_parameter()
 
     def __init__(
         self,
@@ -109,10 +91,6 @@ class ClassPrior(TargetSource):
             self.set_class_counts(counts)
 
     @property
-    def smoothing(self) -> float:
-        return self._value("smoothing")
-
-    @property
     def prior(self) -> Tensor | None:
         """The prior in force (float64, CPU), or None when not set yet."""
         return None if self._prior is None else self._prior.clone()
@@ -129,30 +107,13 @@ class ClassPrior(TargetSource):
         """Set the prior to ``counts / counts.sum()``."""
         self._prior = _normalised("counts", counts)
 
-    def loss(
-        self,
-        logits: Tensor,
-        target: Tensor,
-        reference: Tensor | None = None,
-        *,
-        ignore_index: int = -100,
-        reduction: str = "mean",
-        weight: Tensor | None = None,
-    ) -> Tensor:
+    def _loss(self, logits: Tensor, target: Tensor, reference: None, **options: Any) -> Tensor:
         if self._prior is None:
             raise ValueError(
                 "ClassPrior has no prior: pass prior= or counts=, or call "
                 "set_class_counts(counts) / set_prior(counts_or_prior) first"
             )
-        return label_smoothing_loss(
-            logits,
-            target,
-            self.smoothing,
-            prior=self._prior,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            weight=weight,
-        )
+        return label_smoothing_loss(logits, target, self.smoothing, prior=self._prior, **options)
 
     def __repr__(self) -> str:
         prior = None if self._prior is None else [round(p, 6) for p in self._prior.tolist()]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from softlabel.functional import distillation_loss
-from softlabel.targets._base import HyperParameter, TargetSource
+from softlabel.targets._base import HyperParameter, TargetSource, hyper_parameter
 
 
 class Teacher(TargetSource):
@@ -16,35 +18,13 @@ class Teacher(TargetSource):
 
     name = "kd"
     reference = "teacher_logits"
+    temperature = hyper_parameter()
+    alpha = hyper_parameter()
 
     def __init__(self, temperature: HyperParameter = 4.0, alpha: HyperParameter = 0.9) -> None:
         super().__init__(temperature=temperature, alpha=alpha)
 
-    @property
-    def temperature(self) -> float:
-        return self._value("temperature")
-
-    @property
-    def alpha(self) -> float:
-        return self._value("alpha")
-
-    def loss(
-        self,
-        logits: Tensor,
-        target: Tensor | None,
-        reference: Tensor | None = None,
-        *,
-        ignore_index: int = -100,
-        reduction: str = "mean",
-        weight: Tensor | None = None,
+    def _loss(
+        self, logits: Tensor, target: Tensor | None, reference: Tensor, **options: Any
     ) -> Tensor:
-        return distillation_loss(
-            logits,
-            self._require_reference(reference),
-            target,
-            self.temperature,
-            self.alpha,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            weight=weight,
-        )
+        return distillation_loss(logits, reference, target, self.temperature, self.alpha, **options)
