@@ -1,0 +1,62 @@
+"""Time the fused KD kernel (forward + backward) for several chunk sizes against one softmax.
+
+python benchmarks/kd_chunks.py --threads 2 --n 4096 --k 32000
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from softlabel.kernels import fused_soft_target_loss
+
+
+def median_time(fn, repeat: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=4096)
+    parser.add_argument("--k", type=int, default=32000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--chunks", type=int, nargs="+", default=[256, 419, 768, 1024, 2048])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    student = torch.randn(args.n, args.k, requires_grad=True)
+    teacher = torch.randn(args.n, args.k)
+    labels = torch.randint(0, args.k, (args.n,))
+    floor = median_time(lambda: torch.softmax(student.detach(), dim=-1), args.repeat)
+    print(f"softmax (forward only): {floor:.3f} s")
+    print("| chunk_rows | KD fwd+bwd (s) | / softmax |\n|---:|---:|---:|")
+    for rows in args.chunks:
+
+        def step(rows: int = rows) -> None:
+            student.grad = None
+            fused_soft_target_loss(
+                student,
+                labels,
+                mode="kd",
+                teacher=teacher,
+                temperature=4.0,
+                alpha=0.9,
+                chunk_rows=rows,
+            ).sum().backward()
+
+        seconds = median_time(step, args.repeat)
+        print(f"| {rows} | {seconds:.3f} | {seconds / floor:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
