@@ -25,12 +25,11 @@ from softlabel.kernels._validate import validate_inputs
 MODES = ("hard", "ls", "kd", "reloop")
 
 #: Bytes of all (chunk_rows, K) arrays one chunk touches (inputs and work buffers together).
-#: Each chunk issues about a dozen multi-threaded ops, and with 2 threads on a shared machine
-#: every op waits for its slowest thread, so fewer, larger chunks win: at K = 32000 fp32,
-#: 2 threads, KD took 8.6 / 3.9 / 2.5 / 2.1 / 1.8 s at 52 / 128 / 256 / 512 / 1024 rows and LS
-#: 2.4 / 1.6 / 1.3 / 1.1 s at 131 / 256 / 512 / 4096 rows (docs/performance.md). 256 MiB gives
-#: 419 rows for KD (2 work buffers: 107 MB extra) and 1048 rows for CE/LS/ReLoop (no work
-#: buffer unless the logits are half precision).
+#: Each chunk issues about a dozen multi-threaded ops; on a quiet machine the chunk size barely
+#: matters, but with 2 threads on a loaded machine every op waits for its slowest thread and
+#: small chunks get several times slower (docs/performance.md, benchmarks/chunks.py). 256 MiB
+#: gives 419 rows for KD (2 work buffers: 107 MB extra) and 1048 rows for CE/LS/ReLoop (no
+#: work buffer unless the logits are half precision).
 CHUNK_BYTES = 256 << 20
 
 #: (chunk_rows, K) arrays a chunk touches per mode: logits and gradient, plus teacher and two

@@ -1,6 +1,6 @@
 """Time the fused KD kernel (forward + backward) for several chunk sizes against one softmax.
 
-python benchmarks/kd_chunks.py --threads 2 --n 4096 --k 32000
+python benchmarks/chunks.py --mode kd --threads 2 --n 4096 --k 32000
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--mode", choices=["kd", "ls"], default="kd")
     parser.add_argument("--chunks", type=int, nargs="+", default=[256, 419, 768, 1024, 2048])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -39,20 +40,20 @@ def main() -> None:
     labels = torch.randint(0, args.k, (args.n,))
     floor = median_time(lambda: torch.softmax(student.detach(), dim=-1), args.repeat)
     print(f"softmax (forward only): {floor:.3f} s")
-    print("| chunk_rows | KD fwd+bwd (s) | / softmax |\n|---:|---:|---:|")
+    params = (
+        {"teacher": teacher, "temperature": 4.0, "alpha": 0.9}
+        if args.mode == "kd"
+        else {"eps": 0.1}
+    )
+    print(f"| chunk_rows | {args.mode} fwd+bwd (s) | / softmax |\n|---:|---:|---:|")
     for rows in args.chunks:
 
         def step(rows: int = rows) -> None:
             student.grad = None
-            fused_soft_target_loss(
-                student,
-                labels,
-                mode="kd",
-                teacher=teacher,
-                temperature=4.0,
-                alpha=0.9,
-                chunk_rows=rows,
-            ).sum().backward()
+            loss = fused_soft_target_loss(
+                student, labels, mode=args.mode, chunk_rows=rows, **params
+            )
+            loss.sum().backward()
 
         seconds = median_time(step, args.repeat)
         print(f"| {rows} | {seconds:.3f} | {seconds / floor:.2f} |")
