@@ -3,29 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as tf
+from loss_reference import SHAPES, K, assert_same_values_and_grads, multiclass_inputs
 
 from softlabel.functional import cross_entropy_loss
-
-TOL = {torch.float32: {"atol": 1e-5, "rtol": 1e-5}, torch.float64: {"atol": 1e-10, "rtol": 1e-10}}
-SHAPES = [(6,), (2, 3)]  # position shapes: (N, K) and token-level (B, T, V) logits
-K = 5
-
-
-def _multiclass_inputs(shape, dtype, with_ignore):
-    logits = torch.randn(*shape, K, dtype=dtype, requires_grad=True)
-    target = torch.randint(0, K, shape)
-    if with_ignore:
-        target.view(-1)[::3] = -100
-    return logits, target
-
-
-def _assert_same_values_and_grads(ours, reference, inputs, dtype):
-    cotangent = torch.rand_like(reference)
-    ours_grads = torch.autograd.grad(ours, inputs, cotangent)
-    reference_grads = torch.autograd.grad(reference, inputs, cotangent)
-    torch.testing.assert_close(ours, reference, **TOL[dtype])
-    for ours_grad, reference_grad in zip(ours_grads, reference_grads):
-        torch.testing.assert_close(ours_grad, reference_grad, **TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -33,7 +13,7 @@ def _assert_same_values_and_grads(ours, reference, inputs, dtype):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize(("weighted", "with_ignore"), [(False, False), (False, True), (True, True)])
 def test_multiclass_matches_torch(dtype, shape, reduction, weighted, with_ignore):
-    logits, target = _multiclass_inputs(shape, dtype, with_ignore)
+    logits, target = multiclass_inputs(shape, dtype, with_ignore)
     weight = torch.rand(K, dtype=dtype) + 0.1 if weighted else None
     ours = cross_entropy_loss(logits, target, reduction=reduction, weight=weight)
     reference = tf.cross_entropy(
@@ -42,7 +22,7 @@ def test_multiclass_matches_torch(dtype, shape, reduction, weighted, with_ignore
     if reduction == "none":
         reference = reference.reshape(shape)
         assert ours.shape == target.shape
-    _assert_same_values_and_grads(ours, reference, [logits], dtype)
+    assert_same_values_and_grads(ours, reference, [logits], dtype)
 
 
 def _binary_reference(logits, target, reduction, weight):
@@ -72,7 +52,7 @@ def test_binary_matches_bce_with_logits(dtype, shape, reduction, weighted, with_
     weight = torch.tensor([0.3, 2.0], dtype=dtype) if weighted else None
     ours = cross_entropy_loss(logits, target, reduction=reduction, weight=weight)
     reference = _binary_reference(logits, target, reduction, weight)
-    _assert_same_values_and_grads(ours, reference, [logits], dtype)
+    assert_same_values_and_grads(ours, reference, [logits], dtype)
 
 
 def test_binary_accepts_integer_targets():

@@ -5,30 +5,9 @@ import torch
 import torch.nn.functional as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loss_reference import SHAPES, TOL, K, assert_same_values_and_grads, weighted_reduce
 
 from softlabel.functional import distillation_loss
-
-TOL = {torch.float32: {"atol": 1e-5, "rtol": 1e-5}, torch.float64: {"atol": 1e-10, "rtol": 1e-10}}
-SHAPES = [(6,), (2, 3)]
-K = 5
-
-
-def _assert_same_values_and_grads(ours, reference, inputs, dtype):
-    cotangent = torch.rand_like(reference)
-    ours_grads = torch.autograd.grad(ours, inputs, cotangent)
-    reference_grads = torch.autograd.grad(reference, inputs, cotangent)
-    torch.testing.assert_close(ours, reference, **TOL[dtype])
-    for ours_grad, reference_grad in zip(ours_grads, reference_grads):
-        torch.testing.assert_close(ours_grad, reference_grad, **TOL[dtype])
-
-
-def _reduce(per, sample_weight, reduction):
-    per = per * sample_weight
-    if reduction == "none":
-        return per
-    if reduction == "sum":
-        return per.sum()
-    return per.sum() / sample_weight.sum()
 
 
 def _reference(student, teacher, target, temperature, alpha, reduction, weight):
@@ -41,7 +20,7 @@ def _reference(student, teacher, target, temperature, alpha, reduction, weight):
     ).sum(-1)
     soft = temperature**2 * kl
     if target is None:
-        return _reduce(soft, torch.ones_like(soft), reduction)
+        return weighted_reduce(soft, torch.ones_like(soft), reduction)
     mask = target != -100
     safe = torch.where(mask, target, torch.zeros_like(target))
     hard = tf.cross_entropy(
@@ -50,7 +29,7 @@ def _reference(student, teacher, target, temperature, alpha, reduction, weight):
     sample_weight = mask.to(student.dtype)
     if weight is not None:
         sample_weight = sample_weight * weight[safe]
-    return _reduce((1 - alpha) * hard + alpha * soft, sample_weight, reduction)
+    return weighted_reduce((1 - alpha) * hard + alpha * soft, sample_weight, reduction)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -67,7 +46,7 @@ def test_multiclass_matches_kl_div(dtype, shape, reduction, weighted, temperatur
         student, teacher, target, temperature, 0.7, reduction=reduction, weight=weight
     )
     reference = _reference(student, teacher, target, temperature, 0.7, reduction, weight)
-    _assert_same_values_and_grads(ours, reference, [student], dtype)
+    assert_same_values_and_grads(ours, reference, [student], dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -77,7 +56,7 @@ def test_pure_distillation_without_target_is_batchmean(dtype, reduction):
     teacher = torch.randn(2, 3, K, dtype=dtype)
     ours = distillation_loss(student, teacher, None, 2.0, 1.0, reduction=reduction)
     reference = _reference(student, teacher, None, 2.0, 1.0, reduction, None)
-    _assert_same_values_and_grads(ours, reference, [student], dtype)
+    assert_same_values_and_grads(ours, reference, [student], dtype)
     if reduction == "mean":  # batchmean over the 6 positions
         kl_sum = tf.kl_div(
             torch.log_softmax(student / 2, -1), torch.softmax(teacher / 2, -1), reduction="sum"
@@ -111,7 +90,9 @@ def _binary_reference(student, teacher, target, temperature, alpha, reduction, w
     sample_weight = mask.to(student.dtype)
     if weight is not None:
         sample_weight = sample_weight * weight[label.long()]
-    return _reduce((1 - alpha) * hard + alpha * temperature**2 * kl, sample_weight, reduction)
+    return weighted_reduce(
+        (1 - alpha) * hard + alpha * temperature**2 * kl, sample_weight, reduction
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -124,7 +105,7 @@ def test_binary_matches_bernoulli_kl(dtype, reduction, weighted):
     weight = torch.tensor([2.0, 0.5], dtype=dtype) if weighted else None
     ours = distillation_loss(student, teacher, target, 2.5, 0.6, reduction=reduction, weight=weight)
     reference = _binary_reference(student, teacher, target, 2.5, 0.6, reduction, weight)
-    _assert_same_values_and_grads(ours, reference, [student], dtype)
+    assert_same_values_and_grads(ours, reference, [student], dtype)
 
 
 def test_binary_pure_distillation_without_target():

@@ -3,30 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as tf
+from loss_reference import SHAPES, K, assert_same_values_and_grads, weighted_reduce
 
 from softlabel.functional import self_correction_loss
-
-TOL = {torch.float32: {"atol": 1e-5, "rtol": 1e-5}, torch.float64: {"atol": 1e-10, "rtol": 1e-10}}
-SHAPES = [(6,), (2, 3)]
-K = 5
-
-
-def _assert_same_values_and_grads(ours, reference, inputs, dtype):
-    cotangent = torch.rand_like(reference)
-    ours_grads = torch.autograd.grad(ours, inputs, cotangent)
-    reference_grads = torch.autograd.grad(reference, inputs, cotangent)
-    torch.testing.assert_close(ours, reference, **TOL[dtype])
-    for ours_grad, reference_grad in zip(ours_grads, reference_grads):
-        torch.testing.assert_close(ours_grad, reference_grad, **TOL[dtype])
-
-
-def _reduce(per, sample_weight, reduction):
-    per = per * sample_weight
-    if reduction == "none":
-        return per
-    if reduction == "sum":
-        return per.sum()
-    return per.sum() / sample_weight.sum()
 
 
 def _multiclass_reference(logits, target, previous, alpha, reduction, weight):
@@ -40,7 +19,7 @@ def _multiclass_reference(logits, target, previous, alpha, reduction, weight):
     sample_weight = mask.to(logits.dtype)
     if weight is not None:
         sample_weight = sample_weight * weight[safe]
-    return _reduce((1 - alpha) * hard + alpha * correction, sample_weight, reduction)
+    return weighted_reduce((1 - alpha) * hard + alpha * correction, sample_weight, reduction)
 
 
 def _binary_reference(logits, target, previous, alpha, reduction, weight):
@@ -52,7 +31,7 @@ def _binary_reference(logits, target, previous, alpha, reduction, weight):
     sample_weight = mask.to(logits.dtype)
     if weight is not None:
         sample_weight = sample_weight * weight[y.long()]
-    return _reduce((1 - alpha) * hard + alpha * correction, sample_weight, reduction)
+    return weighted_reduce((1 - alpha) * hard + alpha * correction, sample_weight, reduction)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -67,7 +46,7 @@ def test_multiclass_matches_written_out_formula(dtype, shape, reduction, weighte
     weight = torch.rand(K, dtype=dtype) + 0.1 if weighted else None
     ours = self_correction_loss(logits, target, previous, 0.4, reduction=reduction, weight=weight)
     reference = _multiclass_reference(logits, target, previous, 0.4, reduction, weight)
-    _assert_same_values_and_grads(ours, reference, [logits], dtype)
+    assert_same_values_and_grads(ours, reference, [logits], dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -81,7 +60,7 @@ def test_binary_matches_written_out_formula(dtype, reduction, weighted):
     weight = torch.tensor([2.0, 0.5], dtype=dtype) if weighted else None
     ours = self_correction_loss(logits, target, previous, 0.6, reduction=reduction, weight=weight)
     reference = _binary_reference(logits, target, previous, 0.6, reduction, weight)
-    _assert_same_values_and_grads(ours, reference, [logits], dtype)
+    assert_same_values_and_grads(ours, reference, [logits], dtype)
 
 
 def test_hinge_is_active_only_when_probability_dropped():
@@ -104,7 +83,7 @@ def test_k2_multiclass_equals_binary(dtype):
     binary = self_correction_loss(
         binary_logit, target.to(dtype), previous_positive, 0.5, reduction="none"
     )
-    _assert_same_values_and_grads(multiclass, binary, [logits], dtype)
+    assert_same_values_and_grads(multiclass, binary, [logits], dtype)
 
 
 def test_previous_probabilities_get_no_gradient():

@@ -5,29 +5,9 @@ import torch
 import torch.nn.functional as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loss_reference import SHAPES, K, assert_same_values_and_grads, multiclass_inputs
 
 from softlabel.functional import label_smoothing_loss
-
-TOL = {torch.float32: {"atol": 1e-5, "rtol": 1e-5}, torch.float64: {"atol": 1e-10, "rtol": 1e-10}}
-SHAPES = [(6,), (2, 3)]
-K = 5
-
-
-def _assert_same_values_and_grads(ours, reference, inputs, dtype):
-    cotangent = torch.rand_like(reference)
-    ours_grads = torch.autograd.grad(ours, inputs, cotangent)
-    reference_grads = torch.autograd.grad(reference, inputs, cotangent)
-    torch.testing.assert_close(ours, reference, **TOL[dtype])
-    for ours_grad, reference_grad in zip(ours_grads, reference_grads):
-        torch.testing.assert_close(ours_grad, reference_grad, **TOL[dtype])
-
-
-def _inputs(shape, dtype, with_ignore):
-    logits = torch.randn(*shape, K, dtype=dtype, requires_grad=True)
-    target = torch.randint(0, K, shape)
-    if with_ignore:
-        target.view(-1)[::3] = -100
-    return logits, target
 
 
 def _naive(logits, target, smoothing, prior, reduction, weight):
@@ -57,14 +37,14 @@ def _naive(logits, target, smoothing, prior, reduction, weight):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("with_ignore", [False, True])
 def test_uniform_matches_torch_label_smoothing(dtype, shape, reduction, with_ignore):
-    logits, target = _inputs(shape, dtype, with_ignore)
+    logits, target = multiclass_inputs(shape, dtype, with_ignore)
     ours = label_smoothing_loss(logits, target, 0.2, reduction=reduction)
     reference = tf.cross_entropy(
         logits.reshape(-1, K), target.reshape(-1), reduction=reduction, label_smoothing=0.2
     )
     if reduction == "none":
         reference = reference.reshape(shape)
-    _assert_same_values_and_grads(ours, reference, [logits], dtype)
+    assert_same_values_and_grads(ours, reference, [logits], dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -72,14 +52,14 @@ def test_uniform_matches_torch_label_smoothing(dtype, shape, reduction, with_ign
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize(("use_prior", "with_ignore"), [(False, True), (True, False), (True, True)])
 def test_weighted_matches_naive_definition(dtype, shape, reduction, use_prior, with_ignore):
-    logits, target = _inputs(shape, dtype, with_ignore)
+    logits, target = multiclass_inputs(shape, dtype, with_ignore)
     weight = torch.rand(K, dtype=dtype) + 0.1
     prior = torch.tensor([0.4, 0.3, 0.1, 0.15, 0.05], dtype=dtype) if use_prior else None
     ours = label_smoothing_loss(
         logits, target, 0.15, prior=prior, reduction=reduction, weight=weight
     )
     reference = _naive(logits, target, 0.15, prior, reduction, weight)
-    _assert_same_values_and_grads(ours, reference, [logits], dtype)
+    assert_same_values_and_grads(ours, reference, [logits], dtype)
 
 
 def test_weight_semantics_differ_from_torch():
@@ -118,7 +98,7 @@ def test_binary_uses_keras_convention(dtype, reduction, weighted):
     per = per * sample_weight
     reference = {"none": per, "sum": per.sum(), "mean": per.sum() / sample_weight.sum()}
     ours = label_smoothing_loss(logits, target, eps, reduction=reduction, weight=weight)
-    _assert_same_values_and_grads(ours, reference[reduction], [logits], dtype)
+    assert_same_values_and_grads(ours, reference[reduction], [logits], dtype)
 
 
 def test_binary_with_prior_smooths_towards_prior():
@@ -131,14 +111,14 @@ def test_binary_with_prior_smooths_towards_prior():
 
 
 def test_zero_smoothing_is_cross_entropy():
-    logits, target = _inputs((6,), torch.float64, True)
+    logits, target = multiclass_inputs((6,), torch.float64, True)
     torch.testing.assert_close(
         label_smoothing_loss(logits, target, 0.0), tf.cross_entropy(logits, target)
     )
 
 
 def test_prior_as_list():
-    logits, target = _inputs((6,), torch.float64, False)
+    logits, target = multiclass_inputs((6,), torch.float64, False)
     prior = [0.4, 0.3, 0.1, 0.15, 0.05]
     expected = _naive(logits, target, 0.1, torch.tensor(prior, dtype=torch.float64), "mean", None)
     torch.testing.assert_close(label_smoothing_loss(logits, target, 0.1, prior=prior), expected)
