@@ -59,8 +59,8 @@ class Constant(Schedule):
 
 
 @dataclass(frozen=True)
-class Linear(Schedule):
-    """``start + (end - start) * progress``."""
+class _Ramp(Schedule):
+    """A schedule from ``start`` (progress 0) to ``end`` (progress 1)."""
 
     start: float
     end: float
@@ -68,41 +68,36 @@ class Linear(Schedule):
     def __post_init__(self) -> None:
         object.__setattr__(self, "start", _finite_number("start", self.start))
         object.__setattr__(self, "end", _finite_number("end", self.end))
+
+
+@dataclass(frozen=True)
+class Linear(_Ramp):
+    """``start + (end - start) * progress``."""
 
     def value_at(self, progress: float) -> float:
         return self.start + (self.end - self.start) * progress
 
 
 @dataclass(frozen=True)
-class Cosine(Schedule):
+class Cosine(_Ramp):
     """Cosine annealing: ``end + (start - end) * (1 + cos(pi * progress)) / 2``."""
-
-    start: float
-    end: float
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "start", _finite_number("start", self.start))
-        object.__setattr__(self, "end", _finite_number("end", self.end))
 
     def value_at(self, progress: float) -> float:
         return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass(frozen=True)
-class Step(Schedule):
+class Step(_Ramp):
     """Piecewise constant: ``start`` before the first milestone, ``end`` from the last one on.
 
     With n milestones the values are ``start + (end - start) * i / n`` for i = 0..n; at
     ``progress == milestone`` the value after the milestone is in force.
     """
 
-    start: float
-    end: float
     milestones: tuple[float, ...] = field(default=(0.5,))
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "start", _finite_number("start", self.start))
-        object.__setattr__(self, "end", _finite_number("end", self.end))
+        super().__post_init__()
         if isinstance(self.milestones, (str, bytes)) or not isinstance(self.milestones, Sequence):
             raise TypeError(
                 f"milestones must be a sequence of numbers in [0, 1], got {self.milestones!r}"
