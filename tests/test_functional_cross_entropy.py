@@ -3,7 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as tf
-from loss_reference import SHAPES, K, assert_same_values_and_grads, multiclass_inputs
+from loss_reference import (
+    SHAPES,
+    K,
+    assert_same_values_and_grads,
+    multiclass_inputs,
+    weighted_reduce,
+)
 
 from softlabel.functional import cross_entropy_loss
 
@@ -32,12 +38,7 @@ def _binary_reference(logits, target, reduction, weight):
     sample_weight = mask.to(logits.dtype)
     if weight is not None:
         sample_weight = sample_weight * weight[label.long()]
-    per = per * sample_weight
-    if reduction == "none":
-        return per
-    if reduction == "sum":
-        return per.sum()
-    return per.sum() / sample_weight.sum()
+    return weighted_reduce(per, sample_weight, reduction)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -5,7 +5,13 @@ import torch
 import torch.nn.functional as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from loss_reference import SHAPES, K, assert_same_values_and_grads, multiclass_inputs
+from loss_reference import (
+    SHAPES,
+    K,
+    assert_same_values_and_grads,
+    multiclass_inputs,
+    weighted_reduce,
+)
 
 from softlabel.functional import label_smoothing_loss
 
@@ -24,12 +30,7 @@ def _naive(logits, target, smoothing, prior, reduction, weight):
     sample_weight = mask.to(logits.dtype)
     if weight is not None:
         sample_weight = sample_weight * weight[safe]
-    per = per * sample_weight
-    if reduction == "none":
-        return per
-    if reduction == "sum":
-        return per.sum()
-    return per.sum() / sample_weight.sum()
+    return weighted_reduce(per, sample_weight, reduction)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
