@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softlabel.kernels import fused_soft_target_loss
+from softlabel.kernels import fused, fused_soft_target_loss
 
 IGNORE = -100
 # (N, K, chunk_rows): N not divisible by the chunk, K = 2, one chunk, one row per chunk
@@ -75,6 +75,27 @@ def assert_matches(mode, s, y, kw, chunk_rows, tol):
 def test_matches_reference(mode, n, k, chunk_rows, dtype):
     s, y, kw = make_case(mode, n, k, dtype)
     assert_matches(mode, s, y, kw, chunk_rows, TOL[dtype])
+
+
+@pytest.mark.parametrize("mode", ["hard", "ls", "kd", "reloop"])
+def test_default_chunks_span_several_chunks(mode, monkeypatch):
+    """With a tiny byte budget the default chunking walks 40 rows in several chunks."""
+    monkeypatch.setitem(fused.CHUNK_BYTES, "cpu", 5 * 64 * 8 * 7)  # KD: 7 rows, LS: 17 rows
+    assert 1 < fused.default_chunk_rows(64, torch.float64, mode) < 40
+    s, y, kw = make_case(mode, 40, 64, torch.float64)
+    assert_matches(mode, s, y, kw, None, 1e-10)
+
+
+def test_default_chunk_rows_per_device():
+    """Cache-sized chunks on CPU, larger ones on CUDA, at least one row for any K."""
+    cpu = fused.default_chunk_rows(32000, torch.float32, "kd", "cpu")
+    cuda = fused.default_chunk_rows(32000, torch.float32, "kd", "cuda")
+    assert cpu == fused.CHUNK_BYTES["cpu"] // (5 * 32000 * 4)
+    assert cuda == fused.CHUNK_BYTES["cuda"] // (5 * 32000 * 4) and cuda > cpu
+    assert fused.default_chunk_rows(32000, torch.float64, "ls") == fused.CHUNK_BYTES["cpu"] // (
+        2 * 32000 * 8
+    )
+    assert fused.default_chunk_rows(10**9, torch.float64, "kd") == 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -16,30 +16,29 @@ import torch
 from torch import Tensor
 
 
-def _row_dot(a: Tensor, b: Tensor) -> Tensor:
-    """sum_k a_ik b_ik for each row, as a batched matrix product (no (rows, K) temporary)."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
-
-
 def _source_rows(s: Tensor, g: Tensor) -> Tensor:
     """``s`` itself when it has the compute dtype, else ``s`` copied (upcast) into ``g``."""
     return s if s.dtype == g.dtype else g.copy_(s)
 
 
-def _log_z(probs: Tensor, top: Tensor) -> Tensor:
-    """log Z = -log p_top (rows,), with ``top`` the row's argmax: p_top >= 1/K never underflows."""
-    return probs.gather(1, top).log().neg().view(-1)
+def _log_z(probs: Tensor) -> Tensor:
+    """log Z = -log max_k p_k (rows,) for probs = softmax(x) = exp(x - m) / Z.
+
+    The largest probability is exp(m - m) / Z = 1/Z >= 1/K, so it never underflows. ``amax``
+    (no index) is used: on CPU it is about five times faster than ``max``/``argmax``.
+    """
+    return probs.amax(dim=1).log().neg()
 
 
 def _softmax_log_z(src: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
     """Write g = softmax(src) (one fused row pass); return m and log Z = -log max_k p_k (rows,).
 
-    max_k p_k = 1/Z >= 1/K never underflows; lse = m + log Z is kept as two terms so that
-    lse - s_y = (m - s_y) + log Z does not cancel for large logits.
+    lse = m + log Z is kept as two terms so that lse - s_y = (m - s_y) + log Z does not
+    cancel for large logits.
     """
-    m, argmax = src.max(dim=1, keepdim=True)
+    m = src.amax(dim=1)
     torch.ops.aten._softmax.out(src, 1, False, out=g)
-    return m.view(-1), g.gather(1, argmax).log().neg().view(-1)
+    return m, _log_z(g)
 
 
 def ce_ls_chunk(
@@ -94,15 +93,14 @@ def _softmax_into(x: Tensor, out: Tensor) -> Tensor:
     return out.copy_(torch.softmax(x, dim=1, dtype=out.dtype))
 
 
-def _centered(x: Tensor, out: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    """Write out = (x - m) * scale in one pass; return m = max_k x_k and its index (rows, 1)."""
-    m, top = x.max(dim=1, keepdim=True)
-    m = m.to(out.dtype)
+def _centered(x: Tensor, out: Tensor, scale: float) -> Tensor:
+    """Write out = (x - m) * scale in one pass; return m = max_k x_k (rows, 1)."""
+    m = x.amax(dim=1, keepdim=True).to(out.dtype)
     if scale == 1.0:
         torch.sub(x, m, out=out)
     else:
         torch.add(m * -scale, x, alpha=scale, out=out)
-    return m, top
+    return m
 
 
 def kd_grad_scale(temperature: float, alpha: float) -> float:
@@ -134,19 +132,18 @@ def kd_chunk(
     r = softmax(a) and log Z_x = log sum_k exp(x_k) = -log max_k softmax(x)_k:
     KL = q . (b - a) - log Z_b + log Z_a
     grad = alpha T (r - q) + (1 - alpha) (p - onehot_y), left in ``g`` divided by
-    ``kd_grad_scale(T, alpha)``. Per chunk: two row maxima, fused softmax row passes for
-    t/T, s/T and (when T != 1 and alpha < 1) s, and five element-wise passes.
+    ``kd_grad_scale(T, alpha)``. Per chunk: fused softmax row passes for t/T, s/T and (when
+    T != 1 and alpha < 1) s, six element-wise passes and a few row reductions.
     ``work_a`` and ``work_b`` are (rows, K) buffers; ``y`` may be None only when alpha = 1.
     """
     inv_t = 1.0 / temperature
-    _, top_t = _centered(t, work_a, inv_t)  # work_a = b
+    _centered(t, work_a, inv_t)  # work_a = b
     q = _softmax_into(work_a, work_b)
-    m_s, top_s = _centered(s, g, inv_t)  # g = a
-    diff = work_a.sub_(g)  # b - a
-    dot = _row_dot(q, diff)
+    m_s = _centered(s, g, inv_t)  # g = a
+    dot = work_a.sub_(g).mul_(q).sum(dim=1)  # q . (b - a)
     r = _softmax_into(g, work_a)
-    log_z_a = _log_z(r, top_s)
-    kl = dot - _log_z(q, top_t) + log_z_a
+    log_z_a = _log_z(r)
+    kl = dot - _log_z(q) + log_z_a
     loss = (alpha * temperature * temperature) * kl
     if alpha == 1.0:  # grad = T (r - q)
         torch.sub(r, q, out=g)
@@ -158,7 +155,7 @@ def kd_chunk(
         scale = 1.0
     else:
         p = _softmax_into(s, g)
-        ce = _log_z(p, top_s) - s_y
+        ce = _log_z(p) - s_y
         kd_weight, ce_weight = alpha * temperature, 1.0 - alpha
         scale = kd_grad_scale(temperature, alpha)
         r.sub_(q)

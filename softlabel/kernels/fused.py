@@ -24,13 +24,15 @@ from softlabel.kernels._validate import validate_inputs
 
 MODES = ("hard", "ls", "kd", "reloop")
 
-#: Bytes of all (chunk_rows, K) arrays one chunk touches (inputs and work buffers together).
-#: Each chunk issues about a dozen multi-threaded ops; on a quiet machine the chunk size barely
-#: matters, but with 2 threads on a loaded machine every op waits for its slowest thread and
-#: small chunks get several times slower (docs/performance.md, benchmarks/chunks.py). 256 MiB
-#: gives 419 rows for KD (2 work buffers: 107 MB extra) and 1048 rows for CE/LS/ReLoop (no
-#: work buffer unless the logits are half precision).
-CHUNK_BYTES = 256 << 20
+#: Bytes of all (chunk_rows, K) arrays one chunk touches (inputs and work buffers together),
+#: per device type. On CPU a chunk's arrays should stay in the last-level cache between the
+#: dozen row passes a chunk makes: 32 MiB gives 52 rows for KD and 131 rows for CE/LS/ReLoop
+#: at K = 32000 fp32, 20-25% faster than chunks ten times larger (docs/performance.md,
+#: ``benchmarks/chunks.py``). On GPUs every op is a kernel launch, so chunks are large there.
+CHUNK_BYTES = {"cpu": 32 << 20, "cuda": 256 << 20}
+
+#: Budget for device types not listed in ``CHUNK_BYTES``.
+DEFAULT_CHUNK_BYTES = 256 << 20
 
 #: (chunk_rows, K) arrays a chunk touches per mode: logits and gradient, plus teacher and two
 #: work buffers for distillation.
@@ -53,11 +55,15 @@ class LossSpec:
 
 
 def default_chunk_rows(
-    num_classes: int, dtype: torch.dtype = torch.float32, mode: str = "ls"
+    num_classes: int,
+    dtype: torch.dtype = torch.float32,
+    mode: str = "ls",
+    device: torch.device | str = "cpu",
 ) -> int:
-    """Rows per chunk so the chunk's arrays hold about ``CHUNK_BYTES`` (at least 1 row)."""
+    """Rows per chunk so the chunk's arrays hold about ``CHUNK_BYTES[device type]`` (>= 1 row)."""
     itemsize = 8 if dtype == torch.float64 else 4
-    return max(1, CHUNK_BYTES // (_ARRAYS_PER_MODE[mode] * num_classes * itemsize))
+    budget = CHUNK_BYTES.get(torch.device(device).type, DEFAULT_CHUNK_BYTES)
+    return max(1, budget // (_ARRAYS_PER_MODE[mode] * num_classes * itemsize))
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -82,7 +88,7 @@ def _forward(
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if need_grad else None
     if n == 0:
         return loss, grad
-    rows = min(n, spec.chunk_rows or default_chunk_rows(k, cd, spec.mode))
+    rows = min(n, spec.chunk_rows or default_chunk_rows(k, cd, spec.mode, logits.device))
     grad_in_place = grad is not None and grad.dtype == cd
     work_g = None if grad_in_place else logits.new_empty((rows, k), dtype=cd)
     work_a = work_b = None
