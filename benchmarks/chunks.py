@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--mode", choices=["kd", "ls"], default="kd")
-    parser.add_argument("--chunks", type=int, nargs="+", default=[256, 419, 768, 1024, 2048])
+    parser.add_argument("--chunks", type=int, nargs="+", default=[16, 32, 52, 128, 419, 1024])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
