@@ -6,22 +6,11 @@ python benchmarks/chunks.py --mode kd --threads 2 --n 4096 --k 32000
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _timing import median_seconds
 
 from softlabel.kernels import fused_soft_target_loss
-
-
-def median_time(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -38,7 +27,7 @@ def main() -> None:
     student = torch.randn(args.n, args.k, requires_grad=True)
     teacher = torch.randn(args.n, args.k)
     labels = torch.randint(0, args.k, (args.n,))
-    floor = median_time(lambda: torch.softmax(student.detach(), dim=-1), args.repeat)
+    floor = median_seconds(lambda: torch.softmax(student.detach(), dim=-1), args.repeat)
     print(f"softmax (forward only): {floor:.3f} s")
     params = (
         {"teacher": teacher, "temperature": 4.0, "alpha": 0.9}
@@ -55,7 +44,7 @@ def main() -> None:
             )
             loss.sum().backward()
 
-        seconds = median_time(step, args.repeat)
+        seconds = median_seconds(step, args.repeat)
         print(f"| {rows} | {seconds:.3f} | {seconds / floor:.2f} |")
 
 

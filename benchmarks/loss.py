@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _timing import median_seconds
 
 from softlabel.kernels import fused_soft_target_loss
 
@@ -106,18 +105,9 @@ def _sync(device: str) -> None:
 
 def time_variant(variant: str, x: dict[str, torch.Tensor], args: argparse.Namespace) -> float:
     """Median wall time (s) of ``args.repeat`` runs after one warm-up run."""
-    step = make_step(variant, x)
-    times = []
-    for i in range(args.repeat + 1):
-        _sync(args.device)
-        start = time.perf_counter()
-        out = step()
-        _sync(args.device)
-        if i > 0:
-            times.append(time.perf_counter() - start)
-        del out
+    seconds = median_seconds(make_step(variant, x), args.repeat, lambda: _sync(args.device))
     x["logits"].grad = None
-    return statistics.median(times)
+    return seconds
 
 
 def peak_memory_mib(variant: str, case: str, args: argparse.Namespace) -> float:

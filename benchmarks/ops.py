@@ -9,21 +9,10 @@ multiply and a row sum (docs/performance.md):
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
-
-
-def median_ms(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+from _timing import median_seconds
 
 
 def main() -> None:
@@ -52,7 +41,7 @@ def main() -> None:
     print("| op | ms | / softmax |\n|---|---:|---:|")
     unit = None
     for name, fn in ops.items():
-        ms = median_ms(fn, args.repeat)
+        ms = 1e3 * median_seconds(fn, args.repeat)
         unit = unit or ms
         print(f"| {name} | {ms:.2f} | {ms / unit:.2f} |")
 

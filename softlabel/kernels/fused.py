@@ -27,7 +27,7 @@ MODES = ("hard", "ls", "kd", "reloop")
 #: Bytes of all (chunk_rows, K) arrays one chunk touches (inputs and work buffers together),
 #: per device type. On CPU a chunk's arrays should stay in the last-level cache between the
 #: dozen row passes a chunk makes: 32 MiB gives 52 rows for KD and 131 rows for CE/LS/ReLoop
-#: at K = 32000 fp32, 20-25% faster than chunks ten times larger (docs/performance.md,
+#: at K = 32000 fp32, about 15% faster for KD than 8x larger chunks (docs/performance.md,
 #: ``benchmarks/chunks.py``). On GPUs every op is a kernel launch, so chunks are large there.
 CHUNK_BYTES = {"cpu": 32 << 20, "cuda": 256 << 20}
 
