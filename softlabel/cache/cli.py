@@ -16,7 +16,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "conf"))
+from softlabel._conf import CONF_DIR
 
 __all__ = ["CONF_DIR", "build_cache", "main"]
 

@@ -19,9 +19,9 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-__all__ = ["aggregate", "compare", "main"]
+from softlabel._conf import CONF_DIR
 
-CONF_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "conf"))
+__all__ = ["aggregate", "compare", "main"]
 
 
 def aggregate(

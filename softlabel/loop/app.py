@@ -10,14 +10,11 @@ Lightning and the training code are imported inside the job, so ``--help`` answe
 
 from __future__ import annotations
 
-import os
-
 import hydra
 from omegaconf import DictConfig
 
+from softlabel._conf import CONF_DIR
 from softlabel.loop.resolvers import register_resolvers
-
-CONF_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "conf"))
 
 __all__ = ["CONF_DIR", "main"]
 
