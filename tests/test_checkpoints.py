@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from softlabel.models import MLP
 from softlabel.modules import check_output_dim, file_sha256, load_weights
+from softlabel.modules.build import build_datamodule, build_model, build_reference_provider
 from softlabel.train import CONF_DIR, train
 
 FAST = [
@@ -72,7 +74,7 @@ def test_load_errors_name_path_role_and_mismatch(tmp_path):
 
 
 def _student_weights(path: str) -> dict[str, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     return {k: v for k, v in state.items() if k.startswith("student.")}
 
 
@@ -109,3 +111,122 @@ def test_resume_with_shuffled_batches_continues_exactly(tmp_path):
     # scheduler, step count and the data order (the sampler is seeded by seed + epoch).
     diffs = _resume_matches(tmp_path, batch_size=32)
     assert max(diffs.values()) < 1e-6, diffs
+
+
+class _WritesMarker:
+    """Unpickling this runs code: it writes ``marker`` (what a malicious checkpoint would do)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def _crafted(path, weights, marker, legacy=False):
+    payload = {"state_dict": {f"student.{k}": v for k, v in weights.items()}}
+    payload["extra"] = _WritesMarker(marker)
+    torch.save(payload, path, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_crafted_pickle_is_refused_unless_trusted(tmp_path, legacy):
+    source = MLP(input_shape=(6,), num_classes=3, hidden=(5,))
+    marker = tmp_path / "marker"
+    path = _crafted(tmp_path / "evil.ckpt", source.state_dict(), marker, legacy)
+    model = MLP(input_shape=(6,), num_classes=3, hidden=(5,))
+    with pytest.raises(
+        ValueError,
+        match=r"previous checkpoint .*evil\.ckpt.* \(from previous\.checkpoint\) could not be "
+        r"read safely: .*exec.*set previous\.trust_checkpoint=true",
+    ):
+        load_weights(model, path, role="previous")
+    assert not marker.exists()
+    with pytest.raises(TypeError, match="trust_checkpoint must be true or false, got 'yes'"):
+        load_weights(model, path, trust_checkpoint="yes")
+    assert not marker.exists()
+    load_weights(model, path, role="previous", trust_checkpoint=True)  # the user vouched
+    assert marker.read_text() == "pwned"
+    for a, b in zip(model.state_dict().values(), source.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_trust_checkpoint_comes_from_the_teacher_config(tmp_path, trust):
+    cfg = _compose("target=kd", "teacher=mlp_small", f"teacher.trust_checkpoint={trust}")
+    assert _compose("teacher=mlp_small", "teacher.checkpoint=x").teacher.trust_checkpoint is False
+    assert _compose("previous=mlp_small").previous.trust_checkpoint is False
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    weights = build_model(cfg.teacher.model, datamodule).state_dict()
+    marker = tmp_path / "marker"
+    cfg.teacher.checkpoint = str(_crafted(tmp_path / "teacher.ckpt", weights, marker))
+    if not trust:
+        with pytest.raises(ValueError, match=r"set teacher\.trust_checkpoint=true"):
+            build_reference_provider(cfg, "teacher_logits", datamodule)
+        assert not marker.exists()
+    else:
+        provider, record = build_reference_provider(cfg, "teacher_logits", datamodule)
+        assert provider is not None and record["teacher_checkpoint"] == cfg.teacher.checkpoint
+        assert marker.exists()
+
+
+def test_checkpoint_written_by_training_loads_with_the_safe_loader(tmp_path, monkeypatch):
+    train(_compose("trainer.max_epochs=1"), tmp_path)
+    calls = []
+    real_load = torch.load
+
+    def safe_only(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        assert kwargs.get("weights_only") is True, "a checkpoint was unpickled unsafely"
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", safe_only)
+    for name in ("last.ckpt", "best.ckpt"):
+        model = MLP(input_shape=(64,), num_classes=10, hidden=(16,))
+        load_weights(model, tmp_path / "checkpoints" / name, role="previous")
+    assert calls == [True, True]
+
+
+def test_unreadable_files_name_the_file_role_and_key(tmp_path):
+    model = MLP(input_shape=(6,), num_classes=3, hidden=(5,))
+    text = tmp_path / "notes.txt"
+    text.write_text("these are my notes, not weights\n")
+    with pytest.raises(
+        ValueError,
+        match=r"teacher checkpoint .*notes\.txt.* \(from teacher\.checkpoint\) could not be read: "
+        r"it is not a torch checkpoint .*b'these ar'.*set teacher\.checkpoint",
+    ):
+        load_weights(model, text)
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.ckpt.*the file is empty \(0 bytes\)"):
+        load_weights(model, empty)
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save(model.state_dict(), run_dir / "checkpoints" / "last.ckpt")
+    with pytest.raises(
+        IsADirectoryError,
+        match=r"previous checkpoint .*run' \(from previous\.checkpoint\) is a directory, not a "
+        r"checkpoint file: .*inside: .*checkpoints/last\.ckpt",
+    ):
+        load_weights(model, run_dir, role="previous")
+    whole = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    assert zipfile.is_zipfile(run_dir / "checkpoints" / "last.ckpt")
+    with pytest.raises(
+        ValueError,
+        match=r"teacher checkpoint .*truncated\.ckpt.* \(from teacher\.checkpoint\) could not be "
+        r"read: the file is corrupt or truncated.*fix teacher\.checkpoint",
+    ):
+        load_weights(model, truncated)
+
+
+def test_training_with_a_directory_as_teacher_says_it_is_a_directory(tmp_path):
+    cfg = _compose("target=kd", "teacher=mlp_small", f"teacher.checkpoint={tmp_path}")
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    with pytest.raises(IsADirectoryError, match=r"teacher checkpoint .* is a directory"):
+        build_reference_provider(cfg, "teacher_logits", datamodule)

@@ -71,7 +71,7 @@ def build_cache(cfg: DictConfig) -> Path:
 
     out_path = Path(absolute_path(out))
     checkpoint_path = absolute_path(checkpoint)
-    if not os.path.isfile(checkpoint_path):
+    if not os.path.exists(checkpoint_path):  # a directory: load_weights says so
         raise FileNotFoundError(
             f"teacher checkpoint not found: {checkpoint_path!r} (from teacher.checkpoint={checkpoint!r})"
         )
@@ -82,7 +82,12 @@ def build_cache(cfg: DictConfig) -> Path:
         )
     num_classes = int(datamodule.num_classes)
     teacher = build_model(teacher_cfg.model, datamodule)
-    load_weights(teacher, checkpoint_path, role="teacher")
+    load_weights(
+        teacher,
+        checkpoint_path,
+        role="teacher",
+        trust_checkpoint=teacher_cfg.get("trust_checkpoint", False),
+    )
     check_output_dim(teacher, datamodule.input_shape, num_classes, role="teacher")
     device = torch.device(cfg.device)
     teacher.to(device).eval()

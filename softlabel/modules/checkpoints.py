@@ -2,7 +2,13 @@
 
 Accepted files: a Lightning checkpoint written by ``softlabel-train`` (a dict whose
 ``state_dict`` holds the weights under ``student.``) or a plain ``torch.save(model.state_dict())``.
-Every failure names the file, the role and what did not match, before any training starts.
+Every failure names the file, the role, the config key and what did not match, before any
+training starts.
+
+Files are unpickled with torch's weights-only loader (tensors and plain containers only,
+which is all that both kinds above hold). A file that needs more (a pickled model object,
+custom classes) can run arbitrary code when unpickled: it is refused unless the user opts
+in for that role, e.g. ``teacher.trust_checkpoint=true``.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,19 +38,106 @@ def file_sha256(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _read(path: str, role: str) -> Any:
+#: what a file written by ``torch.save`` starts with: a zip archive (the default format
+#: since torch 1.6) or, in the legacy format, the pickled magic number
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
+_CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def _trust_key(key: str) -> str:
+    """``teacher.checkpoint`` -> ``teacher.trust_checkpoint``."""
+    prefix, _, last = key.rpartition(".")
+    return f"{prefix}.trust_checkpoint" if last == "checkpoint" and prefix else "trust_checkpoint"
+
+
+def _checkpoints_inside(directory: str) -> list[str]:
+    found: list[str] = []
+    for root, dirs, files in os.walk(directory):
+        dirs.sort()
+        found.extend(
+            os.path.join(root, name)
+            for name in sorted(files)
+            if name.endswith(_CHECKPOINT_SUFFIXES)
+        )
+        if len(found) > _MAX_LISTED:
+            break
+    return found
+
+
+def _check_file(path: str, role: str, key: str) -> None:
+    """Refuse, without unpickling anything, a path that cannot be a torch checkpoint."""
+    where = f"{role} checkpoint {path!r} (from {key})"
+    if os.path.isdir(path):
+        inside = _checkpoints_inside(path)
+        hint = f"; checkpoint files inside: {_listed(inside)}" if inside else ""
+        raise IsADirectoryError(
+            f"{where} is a directory, not a checkpoint file: set {key} to a .ckpt/.pt file "
+            f"written by softlabel-train or torch.save{hint}"
+        )
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{role} checkpoint not found: {path!r} (no such file; from {key})")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{role} checkpoint not found: {path!r} (no such file)")
+        raise ValueError(f"{where} could not be read: it is not a regular file; fix {key}")
+    with open(path, "rb") as handle:
+        head = handle.read(len(_LEGACY_MAGIC))
+    if not head:
+        raise ValueError(f"{where} could not be read: the file is empty (0 bytes); fix {key}")
+    if not (head.startswith(_ZIP_MAGIC) or head == _LEGACY_MAGIC):
+        raise ValueError(
+            f"{where} could not be read: it is not a torch checkpoint (a file written by "
+            f"torch.save starts with a zip header; this one starts with {head[:8]!r}); set {key} "
+            "to a checkpoint written by softlabel-train or torch.save(model.state_dict())"
+        )
+
+
+def _unsafe_detail(path: str, error: Exception) -> str | None:
+    """What the weights-only unpickler refused, or None when the failure is not about that."""
+    try:  # zip checkpoints: list the globals without unpickling anything
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - legacy format or unreadable: fall back to the message
+        names = []
+    if names:
+        return f"it references the Python objects {_listed(sorted(names))}"
+    match = re.search(r"WeightsUnpickler error: (.*?)(?:\. Please use|\n|$)", str(error))
+    if match and ("global" in match.group(1).lower() or "unsupported" in match.group(1).lower()):
+        return f"the safe loader refused it ({match.group(1).strip()})"
+    return None
+
+
+def _read(path: str, role: str, *, trust_checkpoint: bool = False, key: str | None = None) -> Any:
+    """The unpickled checkpoint; only tensors and plain containers unless ``trust_checkpoint``.
+
+    Without ``trust_checkpoint`` nothing but torch's weights-only unpickler ever touches the
+    file: a checkpoint that holds other Python objects (a pickle can run arbitrary code) is
+    refused with a message naming the opt-in key.
+    """
+    key = key or f"{role}.checkpoint"
+    where = f"{role} checkpoint {path!r} (from {key})"
+    _check_file(path, role, key)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
-        first_error = error
-    try:  # Lightning checkpoints may hold plain Python objects beyond tensors
+    except Exception as error:  # noqa: BLE001 - any failure is reported with file, role and key
+        unsafe = _unsafe_detail(path, error) if isinstance(error, pickle.UnpicklingError) else None
+        if unsafe is None:
+            raise ValueError(
+                f"{where} could not be read: the file is corrupt or truncated, or not a torch "
+                f"checkpoint ({type(error).__name__}: {error}); fix {key}, e.g. point it to a "
+                "checkpoint written by softlabel-train"
+            ) from error
+        if not trust_checkpoint:
+            raise ValueError(
+                f"{where} could not be read safely: it holds Python objects besides tensors and "
+                f"plain containers ({unsafe}), and unpickling them can run arbitrary code; "
+                f"only if you trust where the file came from, load it anyway: set "
+                f"{_trust_key(key)}=true"
+            ) from error
+    try:  # the user vouched for this file: a full unpickle
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - any failure means an unreadable file
         raise ValueError(
-            f"{role} checkpoint {path!r} could not be read as a torch checkpoint: "
-            f"{type(error).__name__}: {error} (first attempt: {first_error})"
+            f"{where} could not be read (with {_trust_key(key)}=true): "
+            f"{type(error).__name__}: {error}; fix {key}"
         ) from error
 
 
@@ -51,6 +145,8 @@ def extract_state_dict(
     payload: Any, path: str = "<memory>", role: str = "teacher"
 ) -> dict[str, Tensor]:
     """The model weights inside a loaded checkpoint payload (``student.`` prefix removed)."""
+    if isinstance(payload, nn.Module):  # torch.save(model), only readable when trusted
+        return dict(payload.state_dict())
     if isinstance(payload, Mapping) and "state_dict" in payload:
         full = payload["state_dict"]
         if not isinstance(full, Mapping):
@@ -82,15 +178,33 @@ def _listed(names: Sequence[str]) -> str:
 
 
 def load_weights(
-    model: nn.Module, path: str | os.PathLike[str], *, role: str = "teacher"
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    role: str = "teacher",
+    trust_checkpoint: bool = False,
+    key: str | None = None,
 ) -> nn.Module:
     """Load ``path`` into ``model`` (strictly) and return the model.
 
-    Raises FileNotFoundError for a missing file and ValueError for an unreadable file or
-    weights that do not fit ``model`` (missing/unexpected keys, shape mismatches).
+    The file is read with torch's weights-only unpickler: tensors and plain containers
+    (what ``softlabel-train`` and ``torch.save(model.state_dict())`` write). A checkpoint
+    holding other Python objects is refused unless ``trust_checkpoint=True``, since
+    unpickling it can run arbitrary code. ``key`` is the config key that named the file
+    (default ``"{role}.checkpoint"``), quoted in errors.
+
+    Raises FileNotFoundError for a missing file, IsADirectoryError for a directory and
+    ValueError for an unreadable, corrupt or untrusted file or for weights that do not fit
+    ``model`` (missing/unexpected keys, shape mismatches).
     """
     path = os.fspath(path)
-    weights = extract_state_dict(_read(path, role), path, role)
+    if not isinstance(trust_checkpoint, bool):
+        raise TypeError(
+            f"trust_checkpoint must be true or false, got {trust_checkpoint!r} "
+            f"(for the {role} checkpoint {path!r})"
+        )
+    payload = _read(path, role, trust_checkpoint=trust_checkpoint, key=key)
+    weights = extract_state_dict(payload, path, role)
     expected = model.state_dict()
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
