@@ -8,24 +8,44 @@ A cache is a directory::
     topk_logprob.npy       top-k: (N, k) float16|float32 log-probabilities at T = 1
 
 Row ``i`` of every array holds the teacher's output for dataset index ``i``.
+
+The manifest records, per array file, its size, the SHA-256 of its ``.npy`` header and
+the SHA-256 of each block of ``block_rows`` rows (about :data:`BLOCK_BYTES` each), and a
+random ``cache_id`` drawn at every commit: a reader checks the header and size on open,
+the blocks lazily on first read (or all at once, ``verify="full"``), and the
+``cache_id`` to notice a cache replaced while in use.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 DENSE_LOGITS = "logits.npy"
 TOPK_INDEX = "topk_index.npy"
 TOPK_LOGPROB = "topk_logprob.npy"
 KINDS = ("dense", "topk")
 VALUE_DTYPES = ("float16", "float32")
+#: target size of a hashed block of rows: large enough that the hashes stay a small list,
+#: small enough that verifying a block on first use takes a fraction of a second
+BLOCK_BYTES = 64 << 20
+#: how a reader checks the arrays' bytes against the manifest's block hashes
+VERIFY_MODES = ("lazy", "full", "none")
+_FILE_FIELDS = {
+    "size": int,
+    "data_offset": int,
+    "header_sha256": str,
+    "block_rows": int,
+    "block_sha256": list,
+}
 
 
 @dataclass(frozen=True)
@@ -35,6 +55,9 @@ class Manifest:
     ``k`` and ``index_dtype`` are ``None`` for a dense cache. ``fingerprint`` identifies the
     dataset (its arrays); ``inputs_fingerprint`` (``None`` if unknown) also covers the input
     preprocessing (normalisation statistics of the train split) the teacher saw.
+    ``cache_id`` is drawn at random when the cache is committed (a rewrite with the same
+    content gets another); ``files`` maps each array file to its size, header hash and
+    per-block content hashes (see :func:`describe_array_file`).
     """
 
     kind: str
@@ -48,6 +71,8 @@ class Manifest:
     inputs_fingerprint: str | None = None
     teacher_config: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    cache_id: str = ""
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -73,12 +98,27 @@ class Manifest:
     def from_dict(cls, data: dict[str, Any], *, source: str) -> Manifest:
         """Build from a parsed ``manifest.json``; refuses unknown versions and missing fields."""
         version = data.get("version")
+        if version == 1:
+            raise ValueError(
+                f"teacher cache {source} has format version 1, which records no content "
+                f"hashes, so its arrays cannot be checked against silent corruption; rebuild "
+                f"it with softlabel-cache (this release reads version={FORMAT_VERSION})"
+            )
         if version != FORMAT_VERSION:
             raise ValueError(
                 f"teacher cache {source}: version mismatch: the cache has version={version!r}, "
                 f"expected version={FORMAT_VERSION}; rebuild it with softlabel-cache"
             )
-        required = ("kind", "num_samples", "num_classes", "dtype", "fingerprint", "teacher_sha256")
+        required = (
+            "kind",
+            "num_samples",
+            "num_classes",
+            "dtype",
+            "fingerprint",
+            "teacher_sha256",
+            "cache_id",
+            "files",
+        )
         missing = [name for name in required if name not in data]
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if missing or unknown:
@@ -86,7 +126,43 @@ class Manifest:
                 f"teacher cache {source}: corrupt manifest: missing fields {missing}, "
                 f"unknown fields {unknown}"
             )
-        return cls(**data)
+        manifest = cls(**data)
+        manifest.check_files(source=source)
+        return manifest
+
+    def check_files(self, *, source: str) -> None:
+        """Raise ValueError unless ``cache_id`` and ``files`` describe every array of a
+        committed cache (one entry per file, each with a hash per block of rows)."""
+        problems = []
+        if not isinstance(self.cache_id, str) or not self.cache_id:
+            problems.append(f"cache_id={self.cache_id!r} is not a non-empty string")
+        specs = self.array_specs()
+        files = self.files if isinstance(self.files, dict) else {}
+        if sorted(files) != sorted(specs):
+            problems.append(
+                f"files lists {sorted(files)}, the {self.kind} arrays are {sorted(specs)}"
+            )
+        for name, entry in files.items():
+            if name not in specs:
+                continue
+            if not isinstance(entry, dict) or sorted(entry) != sorted(_FILE_FIELDS):
+                problems.append(f"files[{name!r}] needs exactly the keys {sorted(_FILE_FIELDS)}")
+                continue
+            wrong = [k for k, kind in _FILE_FIELDS.items() if not isinstance(entry[k], kind)]
+            if wrong or entry["block_rows"] < 1:
+                problems.append(f"files[{name!r}] has invalid {wrong or ['block_rows']}")
+                continue
+            blocks = math.ceil(self.num_samples / entry["block_rows"])
+            if len(entry["block_sha256"]) != blocks:
+                problems.append(
+                    f"files[{name!r}] has {len(entry['block_sha256'])} block hashes, "
+                    f"{self.num_samples} rows in blocks of {entry['block_rows']} need {blocks}"
+                )
+        if problems:
+            raise ValueError(
+                f"teacher cache {source}: corrupt manifest: {'; '.join(problems)}; rebuild it "
+                "with softlabel-cache"
+            )
 
 
 def index_dtype_for(num_classes: int) -> str:
@@ -141,12 +217,18 @@ def read_manifest(path: Path) -> Manifest:
         raise ValueError(f"teacher cache {str(path)!r}: corrupt {MANIFEST_NAME}: not an object")
     manifest = Manifest.from_dict(data, source=repr(str(path)))
     for name, (shape, dtype) in manifest.array_specs().items():
-        check_array_file(path / name, shape, dtype)
+        check_array_file(path / name, shape, dtype, manifest.files[name])
     return manifest
 
 
-def check_array_file(file: Path, shape: tuple[int, ...], dtype: str) -> None:
-    """Raise ValueError unless ``file`` is a ``.npy`` array of this shape and dtype."""
+def check_array_file(
+    file: Path, shape: tuple[int, ...], dtype: str, recorded: dict[str, Any] | None = None
+) -> np.memmap:
+    """The read-only memmap of ``file``; ValueError unless it is a ``.npy`` array of this
+    shape and dtype and, given the manifest's ``recorded`` entry, of that size and header.
+
+    The rows' content is not read here (see :func:`verify_block`).
+    """
     try:
         array = np.load(file, mmap_mode="r")
     except (OSError, ValueError) as err:
@@ -155,4 +237,66 @@ def check_array_file(file: Path, shape: tuple[int, ...], dtype: str) -> None:
         raise ValueError(
             f"teacher cache is corrupt: {str(file)!r} holds shape={array.shape} "
             f"dtype={array.dtype}, the manifest expects shape={shape} dtype={dtype}"
+        )
+    if recorded is not None:
+        size = file.stat().st_size
+        header = _header_sha256(file, array.offset)
+        if size != recorded["size"] or array.offset != recorded["data_offset"]:
+            raise ValueError(
+                f"teacher cache is corrupt: {str(file)!r} is {size} bytes with data at byte "
+                f"{array.offset}, the manifest recorded {recorded['size']} bytes with data at "
+                f"byte {recorded['data_offset']}; rebuild it with softlabel-cache"
+            )
+        if header != recorded["header_sha256"]:
+            raise ValueError(
+                f"teacher cache is corrupt: the .npy header of {str(file)!r} differs from the "
+                "one recorded in the manifest (header_sha256); rebuild it with softlabel-cache"
+            )
+    return array
+
+
+def _header_sha256(file: Path, data_offset: int) -> str:
+    with open(file, "rb") as handle:
+        return hashlib.sha256(handle.read(data_offset)).hexdigest()
+
+
+def block_rows_for(shape: tuple[int, ...], dtype: str, block_bytes: int = BLOCK_BYTES) -> int:
+    """Rows per hashed block: as many whole rows as fit in ``block_bytes`` (at least 1)."""
+    if isinstance(block_bytes, bool) or not isinstance(block_bytes, int) or block_bytes < 1:
+        raise ValueError(f"block_bytes={block_bytes!r} must be a positive integer")
+    row_bytes = math.prod(shape[1:]) * np.dtype(dtype).itemsize
+    return max(1, block_bytes // max(1, row_bytes))
+
+
+def block_sha256(array: np.ndarray, block: int, block_rows: int) -> str:
+    """Hex SHA-256 of the bytes of rows ``[block * block_rows, (block + 1) * block_rows)``."""
+    rows = np.ascontiguousarray(array[block * block_rows : (block + 1) * block_rows])
+    return hashlib.sha256(rows.reshape(-1).view(np.uint8)).hexdigest()
+
+
+def describe_array_file(file: Path, block_rows: int) -> dict[str, Any]:
+    """The manifest's ``files`` entry of a finished ``.npy`` file: its size, where the rows
+    start, the SHA-256 of the header and of every block of ``block_rows`` rows."""
+    array = np.load(file, mmap_mode="r")
+    blocks = math.ceil(array.shape[0] / block_rows)
+    return {
+        "size": file.stat().st_size,
+        "data_offset": int(array.offset),
+        "header_sha256": _header_sha256(file, array.offset),
+        "block_rows": int(block_rows),
+        "block_sha256": [block_sha256(array, b, block_rows) for b in range(blocks)],
+    }
+
+
+def verify_block(file: Path, array: np.ndarray, recorded: dict[str, Any], block: int) -> None:
+    """Raise ValueError unless block ``block`` of ``array`` (mapped from ``file``) has the
+    hash the manifest recorded for it."""
+    block_rows = recorded["block_rows"]
+    if block_sha256(array, block, block_rows) != recorded["block_sha256"][block]:
+        first = block * block_rows
+        last = min(first + block_rows, array.shape[0]) - 1
+        raise ValueError(
+            f"teacher cache is corrupt: {str(file)!r} rows {first}..{last} (block {block}) do "
+            "not match the content hash recorded when the cache was written: the file was "
+            "modified or damaged after it was written; rebuild the cache with softlabel-cache"
         )

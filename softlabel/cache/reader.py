@@ -3,6 +3,12 @@
 The arrays are memory-mapped lazily, once per process: a :class:`TeacherCache` pickles
 as its path and validated manifest, so dataloader workers and DDP ranks each map the
 files on first use and share the pages through the OS page cache.
+
+Content checks (``verify``): ``"lazy"`` (default) hashes each block of rows the first
+time a lookup in this process touches it and compares it with the manifest; ``"full"``
+hashes every block when the arrays are mapped; ``"none"`` skips the block hashes. In
+every mode the headers, file sizes and the manifest's ``cache_id`` are checked, and each
+lookup notices a cache replaced on disk since it was opened.
 """
 
 from __future__ import annotations
@@ -16,10 +22,14 @@ import torch
 
 from softlabel.cache.format import (
     DENSE_LOGITS,
+    MANIFEST_NAME,
     TOPK_INDEX,
     TOPK_LOGPROB,
+    VERIFY_MODES,
     Manifest,
+    check_array_file,
     read_manifest,
+    verify_block,
 )
 
 #: floor of the per-class leftover probability, so reconstructed logits stay finite
@@ -48,10 +58,19 @@ def reconstruct_topk_logits(
 class TeacherCache:
     """A validated, lazily memory-mapped teacher cache. Build it with :meth:`open`."""
 
-    def __init__(self, path: str | os.PathLike[str], manifest: Manifest) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], manifest: Manifest, *, verify: str = "lazy"
+    ) -> None:
         self.path = Path(path).absolute()
         self.manifest = manifest
+        self.verify_mode = check_verify(verify)
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget this process's mapping (a pickled copy maps and verifies on its own)."""
         self._arrays: dict[str, np.ndarray] | None = None
+        self._unverified: dict[str, np.ndarray] = {}  # per file: blocks not yet hashed
+        self._manifest_stat: tuple[int, ...] | None = None
 
     @classmethod
     def open(
@@ -62,13 +81,17 @@ class TeacherCache:
         num_classes: int | None = None,
         teacher_sha256: str | None = None,
         inputs_fingerprint: str | None = None,
+        verify: str = "lazy",
     ) -> TeacherCache:
         """Open the cache at ``path``, refusing it unless it matches every given expectation.
 
         Raises FileNotFoundError (no such directory) or ValueError (incomplete, corrupt,
         another format version, or a field that differs from the expected value).
-        ``inputs_fingerprint`` is only compared when the cache recorded one.
+        ``inputs_fingerprint`` is only compared when the cache recorded one. ``verify``
+        (``"lazy"``, ``"full"`` or ``"none"``) says when the rows' content hashes are
+        checked: on first read of each block, all of them now, or never.
         """
+        verify = check_verify(verify)
         manifest = read_manifest(Path(path))
         expected = {
             "fingerprint": fingerprint,
@@ -86,7 +109,10 @@ class TeacherCache:
                     f"{name}={have!r}, expected {name}={want!r}; rebuild it with softlabel-cache "
                     "for this dataset and teacher"
                 )
-        return cls(path, manifest)
+        cache = cls(path, manifest, verify=verify)
+        if verify == "full":
+            cache.verify()
+        return cache
 
     # --- what the cache holds -------------------------------------------------------------
     @property
@@ -137,6 +163,9 @@ class TeacherCache:
         index = torch.as_tensor(index)
         rows = self._checked_rows(index)
         arrays = self._mapped()
+        self._check_unchanged()
+        if self._unverified:  # lazy (and full, in a process that did not open the cache)
+            self._verify_rows(rows)
         if self.kind == "dense":
             logits = torch.from_numpy(arrays[DENSE_LOGITS][rows]).float()
         else:
@@ -162,20 +191,92 @@ class TeacherCache:
     def _mapped(self) -> dict[str, np.ndarray]:
         """Map the arrays in this process on first use, checking the cache was not replaced."""
         if self._arrays is None:
+            self._manifest_stat = self._stat_manifest()
             current = read_manifest(self.path)
-            if current != self.manifest:
-                raise ValueError(
-                    f"teacher cache {str(self.path)!r} changed since it was opened (created "
-                    f"{self.manifest.created!r}, now {current.created!r}); open it again"
-                )
-            self._arrays = {
-                name: np.load(self.path / name, mmap_mode="r")
-                for name in self.manifest.array_specs()
+            self._refuse_if_replaced(current)
+            arrays = {
+                name: check_array_file(self.path / name, shape, dtype, self.manifest.files[name])
+                for name, (shape, dtype) in self.manifest.array_specs().items()
             }
+            # the directory may have been swapped between reading the manifest and mapping
+            self._check_unchanged()
+            self._unverified = {
+                name: np.ones(len(self.manifest.files[name]["block_sha256"]), dtype=bool)
+                for name in arrays
+            }
+            if self.verify_mode == "none":
+                self._unverified = {}
+            self._arrays = arrays
         return self._arrays
 
+    def verify(self) -> None:
+        """Hash every block of every array now (in this process) and compare with the
+        manifest; ValueError naming the file and rows of the first mismatch."""
+        arrays = self._mapped()
+        for name, array in arrays.items():
+            recorded = self.manifest.files[name]
+            for block in range(len(recorded["block_sha256"])):
+                verify_block(self.path / name, array, recorded, block)
+        self._unverified = {}
+
+    def _verify_rows(self, rows: np.ndarray) -> None:
+        """Hash the blocks holding ``rows`` that this process has not checked yet."""
+        assert self._arrays is not None
+        for name in list(self._unverified):
+            pending = self._unverified[name]
+            recorded = self.manifest.files[name]
+            blocks = np.unique(rows // recorded["block_rows"])
+            for block in blocks[pending[blocks]]:
+                verify_block(self.path / name, self._arrays[name], recorded, int(block))
+                pending[block] = False
+            if not pending.any():
+                del self._unverified[name]
+
+    def _stat_manifest(self) -> tuple[int, ...] | None:
+        try:
+            stat = os.stat(self.path / MANIFEST_NAME)
+        except OSError:
+            return None
+        return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+    def _check_unchanged(self) -> None:
+        """Refuse to go on when the manifest on disk is no longer the one this cache opened
+        (a cheap ``stat`` per lookup; the manifest is re-read only when that changed)."""
+        stat = self._stat_manifest()
+        if stat is not None and stat == self._manifest_stat:
+            return
+        try:
+            current = read_manifest(self.path)
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"teacher cache {str(self.path)!r} changed since it was opened (cache_id "
+                f"{self.manifest.cache_id!r}): it can no longer be read ({err}); open it again"
+            ) from err
+        self._refuse_if_replaced(current)
+        self._manifest_stat = stat
+
+    def _refuse_if_replaced(self, current: Manifest) -> None:
+        if current != self.manifest:
+            raise ValueError(
+                f"teacher cache {str(self.path)!r} changed since it was opened (cache_id "
+                f"{self.manifest.cache_id!r} written {self.manifest.created}, now cache_id "
+                f"{current.cache_id!r} written {current.created}); open it again"
+            )
+
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "manifest": self.manifest, "_arrays": None}
+        return {"path": self.path, "manifest": self.manifest, "verify_mode": self.verify_mode}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._reset()
+
+
+def check_verify(verify: Any) -> str:
+    """``verify`` if it is one of :data:`VERIFY_MODES`, else ValueError naming the choices."""
+    if verify not in VERIFY_MODES:
+        raise ValueError(
+            f"verify={verify!r} is not allowed; use one of {VERIFY_MODES} (lazy: check each "
+            "block of rows on first read; full: check every block when opening; none: no "
+            "content check)"
+        )
+    return str(verify)

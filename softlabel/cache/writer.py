@@ -4,6 +4,9 @@ Rows are streamed into ``.npy`` memmaps inside ``<path>.tmp-<random>`` (same par
 directory); :meth:`CacheWriter.commit` flushes and fsyncs them, writes ``manifest.json``
 last and moves the directory into place with ``os.replace``. An interrupted write leaves
 only the temporary directory, which has no manifest and is refused by the reader.
+
+The manifest records a new random ``cache_id`` and, for every array file, the SHA-256 of
+its header and of each block of rows (see :mod:`softlabel.cache.format`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import dataclasses
 import os
 import secrets
 import shutil
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -21,11 +25,14 @@ import numpy as np
 import torch
 
 from softlabel.cache.format import (
+    BLOCK_BYTES,
     DENSE_LOGITS,
     MANIFEST_NAME,
     TOPK_INDEX,
     TOPK_LOGPROB,
     Manifest,
+    block_rows_for,
+    describe_array_file,
     index_dtype_for,
     validate_layout,
 )
@@ -65,8 +72,11 @@ class CacheWriter:
         teacher_config: dict[str, Any] | None = None,
         inputs_fingerprint: str | None = None,
         overwrite: bool = False,
+        block_bytes: int = BLOCK_BYTES,
     ) -> None:
         validate_layout(kind, num_samples, num_classes, k, dtype)
+        block_rows_for((num_samples, num_classes), dtype, block_bytes)  # validates block_bytes
+        self.block_bytes = block_bytes
         self.path = Path(path).absolute()
         self.overwrite = overwrite
         self._check_target()
@@ -146,12 +156,17 @@ class CacheWriter:
                 f"teacher cache {str(self.path)!r}: {missing} of {self.manifest.num_samples} rows "
                 f"were never written (first missing index {first}); every dataset index is needed"
             )
+        files = {}
         for name, array in self._arrays.items():
             array.flush()
             _fsync_file(self.tmp_dir / name)
+            block_rows = block_rows_for(array.shape, str(array.dtype), self.block_bytes)
+            files[name] = describe_array_file(self.tmp_dir / name, block_rows)
         self._arrays.clear()
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        manifest = dataclasses.replace(self.manifest, created=created)
+        created = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        manifest = dataclasses.replace(
+            self.manifest, created=created, cache_id=uuid.uuid4().hex, files=files
+        )
         (self.tmp_dir / MANIFEST_NAME).write_text(manifest.to_json())
         _fsync_file(self.tmp_dir / MANIFEST_NAME)
         _fsync_dir(self.tmp_dir)
@@ -236,6 +251,7 @@ def write_cache(
     teacher_config: dict[str, Any] | None = None,
     inputs_fingerprint: str | None = None,
     overwrite: bool = False,
+    block_bytes: int = BLOCK_BYTES,
 ) -> Path:
     """Write the teacher ``logits`` (N, K) of a whole dataset (row i = dataset index i)."""
     if logits.ndim != 2:
@@ -254,6 +270,7 @@ def write_cache(
         teacher_config=teacher_config,
         inputs_fingerprint=inputs_fingerprint,
         overwrite=overwrite,
+        block_bytes=block_bytes,
     ) as writer:
         writer.write(torch.arange(logits.shape[0]), logits)
         return writer.commit()
