@@ -1,11 +1,15 @@
-"""Benchmark of the fused soft-target loss against the textbook PyTorch formulations.
+"""Benchmark of the public soft-target losses against the textbook PyTorch formulations.
 
-Forward + backward time (median of ``--repeat`` runs after one warm-up) and peak extra
-memory of each variant, with ratios to the reference measured in the same run. On CPU the
-peak memory of each variant is measured in a fresh subprocess (peak resident size VmHWM
-after the run minus the resident size VmRSS once the inputs exist); on CUDA with ``torch.cuda.max_memory_allocated``.
+The rows users see are the public calls: ``softlabel.functional.label_smoothing_loss`` /
+``distillation_loss`` / ``cross_entropy_loss`` and ``SoftTargetLoss`` around a source, input
+checks included. The fused kernel called directly (``softlabel.kernels``, no checks) is an
+extra row per group. Forward + backward time (median of ``--repeat`` runs after one warm-up)
+and peak extra memory of each variant, with ratios to the reference measured in the same run.
+On CPU the peak memory of each variant is measured in a fresh subprocess (peak resident size
+VmHWM after the run minus the resident size VmRSS once the inputs exist); on CUDA with
+``torch.cuda.max_memory_allocated``.
 
-    python benchmarks/loss.py --threads 2 --n 4096 --k 32000 --repeat 3
+    python benchmarks/loss.py --threads 2 --n 4096 --k 32000 --repeat 5
 """
 
 from __future__ import annotations
@@ -21,20 +25,34 @@ import torch
 import torch.nn.functional as F
 from _timing import median_seconds
 
+import softlabel.functional as SF
+from softlabel import SoftTargetLoss
 from softlabel.kernels import fused_soft_target_loss
+from softlabel.targets import Hard, Teacher, UniformPrior
 
 EPS, TEMPERATURE, ALPHA, IGNORE = 0.1, 4.0, 0.9, -100
 
 # variant name -> (group, reference variant of the group)
+_CE, _LS, _KD = (
+    "CE: torch cross_entropy",
+    "LS: torch cross_entropy(label_smoothing)",
+    "KD: kl_div + cross_entropy",
+)
 VARIANTS = {
     "softmax (floor, forward only)": ("floor", None),
-    "CE: torch cross_entropy": ("CE", None),
-    "CE: fused": ("CE", "CE: torch cross_entropy"),
-    "LS: torch cross_entropy(label_smoothing)": ("LS", None),
-    "LS: one-hot soft targets (naive)": ("LS", "LS: torch cross_entropy(label_smoothing)"),
-    "LS: fused": ("LS", "LS: torch cross_entropy(label_smoothing)"),
-    "KD: kl_div + cross_entropy": ("KD", None),
-    "KD: fused": ("KD", "KD: kl_div + cross_entropy"),
+    _CE: ("CE", None),
+    "CE: cross_entropy_loss": ("CE", _CE),
+    "CE: SoftTargetLoss(Hard())": ("CE", _CE),
+    "CE: kernel only (no checks)": ("CE", _CE),
+    _LS: ("LS", None),
+    "LS: one-hot soft targets (naive)": ("LS", _LS),
+    "LS: label_smoothing_loss": ("LS", _LS),
+    "LS: SoftTargetLoss(UniformPrior)": ("LS", _LS),
+    "LS: kernel only (no checks)": ("LS", _LS),
+    _KD: ("KD", None),
+    "KD: distillation_loss": ("KD", _KD),
+    "KD: SoftTargetLoss(Teacher)": ("KD", _KD),
+    "KD: kernel only (no checks)": ("KD", _KD),
 }
 
 
@@ -77,16 +95,25 @@ def make_step(variant: str, x: dict[str, torch.Tensor]) -> Callable[[], torch.Te
         ce = F.cross_entropy(s2, y, ignore_index=IGNORE)
         return kl * (TEMPERATURE**2 * ALPHA) + (1.0 - ALPHA) * ce
 
+    s, t, target = x["logits"], x["teacher"], x["target"]  # the caller's shapes
+    hard, smooth = SoftTargetLoss(Hard()), SoftTargetLoss(UniformPrior(EPS))
+    distil = SoftTargetLoss(Teacher(TEMPERATURE, ALPHA))
     losses: dict[str, Callable[[], torch.Tensor]] = {
-        "CE: torch cross_entropy": lambda: F.cross_entropy(s2, y, ignore_index=IGNORE),
-        "CE: fused": lambda: fused(mode="hard"),
-        "LS: torch cross_entropy(label_smoothing)": lambda: F.cross_entropy(
-            s2, y, ignore_index=IGNORE, label_smoothing=EPS
-        ),
+        _CE: lambda: F.cross_entropy(s2, y, ignore_index=IGNORE),
+        "CE: cross_entropy_loss": lambda: SF.cross_entropy_loss(s, target),
+        "CE: SoftTargetLoss(Hard())": lambda: hard(s, target),
+        "CE: kernel only (no checks)": lambda: fused(mode="hard"),
+        _LS: lambda: F.cross_entropy(s2, y, ignore_index=IGNORE, label_smoothing=EPS),
         "LS: one-hot soft targets (naive)": naive_ls,
-        "LS: fused": lambda: fused(mode="ls", eps=EPS),
-        "KD: kl_div + cross_entropy": kd_reference,
-        "KD: fused": lambda: fused(mode="kd", teacher=t2, temperature=TEMPERATURE, alpha=ALPHA),
+        "LS: label_smoothing_loss": lambda: SF.label_smoothing_loss(s, target, EPS),
+        "LS: SoftTargetLoss(UniformPrior)": lambda: smooth(s, target),
+        "LS: kernel only (no checks)": lambda: fused(mode="ls", eps=EPS),
+        _KD: kd_reference,
+        "KD: distillation_loss": lambda: SF.distillation_loss(s, t, target, TEMPERATURE, ALPHA),
+        "KD: SoftTargetLoss(Teacher)": lambda: distil(s, target, t),
+        "KD: kernel only (no checks)": lambda: fused(
+            mode="kd", teacher=t2, temperature=TEMPERATURE, alpha=ALPHA
+        ),
     }
     if variant.startswith("softmax"):
         return lambda: torch.softmax(x["logits"].detach(), dim=-1)
@@ -172,7 +199,10 @@ def run_case(case: str, args: argparse.Namespace) -> list[dict[str, object]]:
     """Time and memory of every variant on one input shape."""
     x = make_inputs(case, args)
     rows = []
+    groups = set(args.variants.split(",")) if args.variants else None
     for variant, (group, _) in VARIANTS.items():
+        if groups is not None and group not in groups and group != "floor":
+            continue
         seconds = time_variant(variant, x, args)
         mib = None if args.no_memory else peak_memory_mib(variant, case, args)
         rows.append({"variant": variant, "group": group, "time_s": seconds, "peak_mib": mib})
@@ -218,6 +248,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--cases", default="multiclass,token", help="comma-separated cases")
+    parser.add_argument(
+        "--variants", default="", help="comma-separated groups to run (CE,LS,KD; default: all)"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory runs")
     parser.add_argument("--case", default="multiclass", help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)

@@ -17,6 +17,8 @@ class SoftTargetLoss(nn.Module):
     Gives the same values and gradients as the source's functional form. ``reference`` is
     the teacher's logits (``Teacher``) or the previous model's probabilities
     (``PreviousModel``). ``weight`` (per class) is a buffer, so it follows ``.to(device)``.
+    ``target`` holds class indices ``(...)`` or class probabilities ``(..., K)``;
+    ``binary=True`` makes it one 0/1 target per logit (binary or multi-label).
     """
 
     weight: Tensor | None
@@ -28,6 +30,7 @@ class SoftTargetLoss(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
         weight: Tensor | Sequence[float] | None = None,
+        binary: bool | None = None,
     ) -> None:
         super().__init__()
         if source is None:
@@ -42,6 +45,9 @@ class SoftTargetLoss(nn.Module):
         self.source = source
         self.ignore_index = ignore_index
         self.reduction = check_reduction(reduction)
+        if binary is not None and not isinstance(binary, bool):
+            raise TypeError(f"binary must be True, False or None, got {binary!r}")
+        self.binary = binary
         if weight is not None:
             weight = torch.as_tensor(weight)
             if not weight.is_floating_point():
@@ -81,6 +87,7 @@ class SoftTargetLoss(nn.Module):
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             weight=self.weight,
+            binary=self.binary,
         )
 
     def extra_repr(self) -> str:

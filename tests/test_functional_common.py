@@ -19,6 +19,8 @@ K = 4
 def _all_losses(logits, target, reference, **kwargs):
     """Each loss of the library on the same inputs, by name."""
     binary = logits.shape == target.shape
+    if binary:
+        kwargs.setdefault("binary", True)
     reference32 = reference.float()
     previous = torch.sigmoid(reference32) if binary else torch.softmax(reference32, -1)
     return {
@@ -149,8 +151,13 @@ ERROR_CASES = {
     "alpha_reloop": (ValueError, r"alpha.*-0\.2", lambda: self_correction_loss(L, Y, P, -0.2)),
     "temperature_zero": (
         ValueError,
-        r"temperature.*> 0.*0",
+        r"temperature.*\(0, 1000\].*0",
         lambda: distillation_loss(L, L, Y, 0.0),
+    ),
+    "temperature_huge": (  # T^2 would overflow float32 and the KL is all rounding
+        ValueError,
+        r"temperature.*\(0, 1000\].*1e\+20",
+        lambda: distillation_loss(L, L, Y, 1e20),
     ),
     "temperature_negative": (
         ValueError,

@@ -51,7 +51,7 @@ def test_binary_matches_bce_with_logits(dtype, shape, reduction, weighted, with_
     if with_ignore:
         target.view(-1)[::3] = -100
     weight = torch.tensor([0.3, 2.0], dtype=dtype) if weighted else None
-    ours = cross_entropy_loss(logits, target, reduction=reduction, weight=weight)
+    ours = cross_entropy_loss(logits, target, reduction=reduction, weight=weight, binary=True)
     reference = _binary_reference(logits, target, reduction, weight)
     assert_same_values_and_grads(ours, reference, [logits], dtype)
 

@@ -103,7 +103,9 @@ def test_binary_matches_bernoulli_kl(dtype, reduction, weighted):
     teacher = torch.randn(2, 4, dtype=dtype)
     target = torch.tensor([[0.0, 1.0, -100.0, 1.0], [1.0, 0.0, 0.0, 1.0]], dtype=dtype)
     weight = torch.tensor([2.0, 0.5], dtype=dtype) if weighted else None
-    ours = distillation_loss(student, teacher, target, 2.5, 0.6, reduction=reduction, weight=weight)
+    ours = distillation_loss(
+        student, teacher, target, 2.5, 0.6, reduction=reduction, weight=weight, binary=True
+    )
     reference = _binary_reference(student, teacher, target, 2.5, 0.6, reduction, weight)
     assert_same_values_and_grads(ours, reference, [student], dtype)
 

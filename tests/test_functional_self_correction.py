@@ -58,7 +58,9 @@ def test_binary_matches_written_out_formula(dtype, reduction, weighted):
     target = torch.randint(0, 2, (3, 4)).to(dtype)
     target[0, 1] = -100
     weight = torch.tensor([2.0, 0.5], dtype=dtype) if weighted else None
-    ours = self_correction_loss(logits, target, previous, 0.6, reduction=reduction, weight=weight)
+    ours = self_correction_loss(
+        logits, target, previous, 0.6, reduction=reduction, weight=weight, binary=True
+    )
     reference = _binary_reference(logits, target, previous, 0.6, reduction, weight)
     assert_same_values_and_grads(ours, reference, [logits], dtype)
 

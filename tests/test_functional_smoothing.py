@@ -98,7 +98,9 @@ def test_binary_uses_keras_convention(dtype, reduction, weighted):
     sample_weight = mask.to(dtype) * (weight[label.long()] if weighted else 1.0)
     per = per * sample_weight
     reference = {"none": per, "sum": per.sum(), "mean": per.sum() / sample_weight.sum()}
-    ours = label_smoothing_loss(logits, target, eps, reduction=reduction, weight=weight)
+    ours = label_smoothing_loss(
+        logits, target, eps, reduction=reduction, weight=weight, binary=True
+    )
     assert_same_values_and_grads(ours, reference[reduction], [logits], dtype)
 
 

@@ -65,9 +65,13 @@ def test_module_equals_functional(name, binary, reduction):
         else torch.rand(K, dtype=torch.float64) + 0.1
     )
     source, reference, call = _case(name, logits, target)
-    module = SoftTargetLoss(source, reduction=reduction, weight=weight).double()
+    module = SoftTargetLoss(
+        source, reduction=reduction, weight=weight, binary=binary or None
+    ).double()
     ours = module(logits, target, reference)
-    expected = call(logits, reduction=reduction, weight=weight)
+    expected = call(
+        logits, reduction=reduction, weight=weight, **({"binary": True} if binary else {})
+    )
     cotangent = torch.rand_like(expected)
     (ours_grad,) = torch.autograd.grad(ours, logits, cotangent)
     (expected_grad,) = torch.autograd.grad(expected, logits, cotangent)

@@ -1,8 +1,20 @@
 """Input checks shared by the loss functions.
 
 Every check raises ValueError (TypeError for a wrong type) naming the argument, the value
-and what is allowed. Tensor checks use one ``.any()`` each; the offending value is only
-read on the error path.
+and what is allowed. Checks cost O(N) in the number of positions, never O(N K): class
+indices, binary targets and previous probabilities are checked where they are read, while
+the finiteness of multiclass logits (and teacher logits) is checked on the per-row losses the
+fused kernel computes anyway (``check_finite_rows``), since a NaN or inf logit in a row that
+counts makes that row's loss non-finite. The offending value is only read on the error path.
+
+How the task is decided (``binary`` argument of every loss):
+
+- integer ``target`` of shape ``logits.shape[:-1]``: multiclass class indices;
+- floating ``target`` of the logits' shape ``(..., K)`` with ``binary`` not True: class
+  probabilities (soft targets, as ``torch.nn.functional.cross_entropy`` reads them);
+- ``binary=True``: one logit per position, target of the logits' shape holding 0/1 (binary or
+  multi-label, independent sigmoids); 1-D logits with a target of the same shape are binary
+  by default, since they have no class dimension.
 """
 
 from __future__ import annotations
@@ -19,13 +31,20 @@ from softlabel.functional._reduction import REDUCTIONS
 
 PRIOR_TOLERANCE = 1e-4
 
+#: Largest temperature accepted: T^2 KL(p_t^T || p_s^T) loses precision as T grows (the KL
+#: shrinks as 1/T^2 while its rounding error does not); above 1e3 it is mostly rounding in
+#: float32, and T^2 overflows float32 near 1.8e19.
+MAX_TEMPERATURE = 1e3
+
 
 @dataclass(frozen=True)
 class Positions:
     """Validated inputs, ready for a ``_per_position_*`` function.
 
-    ``logits`` are in the compute dtype (float32, or float64 for float64 input);
-    ``index`` is the target as int64 with ignored positions set to 0 (None without target);
+    ``logits`` are in the compute dtype (float32, or float64 for float64 input) for binary
+    tasks and as given for multiclass ones (the fused kernel upcasts chunk by chunk);
+    ``index`` is the target as int64 with ignored positions set to 0 (None without target or
+    with a probability target); ``probs`` is the probability target ``(..., K)`` or None;
     ``mask`` is True at the positions that count; ``sample_weight`` is ``weight[y_i]``
     (0 at ignored positions) or None.
     """
@@ -36,6 +55,12 @@ class Positions:
     binary: bool
     num_classes: int
     sample_weight: Tensor | None
+    probs: Tensor | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype."""
+        return compute_dtype(self.logits)
 
     @property
     def binary_target(self) -> Tensor:
@@ -79,23 +104,79 @@ def check_alpha(alpha: Any) -> float:
 
 def check_temperature(temperature: Any) -> float:
     value = _as_float("temperature", temperature)
-    if not (value > 0.0 and value < float("inf")):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if not 0.0 < value <= MAX_TEMPERATURE:
+        raise ValueError(
+            f"temperature must be a number in (0, {MAX_TEMPERATURE:g}], got {temperature!r}"
+        )
     return value
 
 
 def check_logits(name: str, logits: Any) -> Tensor:
-    """A floating tensor without NaN or inf."""
+    """A floating tensor of at least one dimension (finiteness: see ``check_finite``)."""
     if not isinstance(logits, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
     if not logits.is_floating_point():
         raise TypeError(f"{name} must have a floating dtype, got {logits.dtype}")
     if logits.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension, got a scalar tensor")
-    if not torch.isfinite(logits).all():
-        bad = logits[~torch.isfinite(logits)].flatten()[0].item()
-        raise ValueError(f"{name} must be finite (no NaN or inf), got a value {bad}")
     return logits
+
+
+def _position(flat_index: int, shape: torch.Size) -> tuple[int, ...]:
+    """The multi-index of ``flat_index`` in a tensor of ``shape``."""
+    position = []
+    for size in reversed(shape):
+        position.append(flat_index % size)
+        flat_index //= size
+    return tuple(reversed(position))
+
+
+def check_finite(name: str, values: Tensor) -> None:
+    """Raise if ``values`` holds NaN or inf, naming the first position (one pass; used where
+    the tensor has one value per position, so the check is O(N))."""
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        first = int((~finite).flatten().nonzero()[0])
+        value = values.flatten()[first].item()
+        raise ValueError(
+            f"{name} must be finite (no NaN or inf), got {value} at position "
+            f"{_position(first, values.shape)}"
+        )
+
+
+def check_finite_rows(per_row: Tensor, rows: dict[str, Tensor | None]) -> None:
+    """Raise if a per-position loss is not finite, naming the input that made it so.
+
+    ``per_row`` has the positions' shape (0 at ignored positions); ``rows`` maps argument
+    names to tensors ``(..., K)`` with one row per position. Cost: one pass over ``per_row``;
+    the rows are only read on the error path.
+    """
+    finite = torch.isfinite(per_row)
+    if bool(finite.all()):
+        return
+    first = int((~finite).flatten().nonzero()[0])
+    position = _position(first, per_row.shape)
+    for name, tensor in rows.items():
+        if tensor is None:
+            continue
+        row = tensor.reshape(-1, tensor.shape[-1])[first]
+        bad = ~torch.isfinite(row)
+        if bool(bad.any()):
+            k = int(bad.nonzero()[0])
+            raise ValueError(
+                f"{name} must be finite (no NaN or inf), got {row[k].item()} at position "
+                f"{position + (k,)}"
+            )
+    raise ValueError(
+        f"the loss overflowed at position {position} with finite inputs: the logits are too "
+        f"large for the compute dtype (largest |logit| in that row: {_row_abs_max(rows, first)})"
+    )
+
+
+def _row_abs_max(rows: dict[str, Tensor | None], first: int) -> float:
+    return max(
+        float(t.reshape(-1, t.shape[-1])[first].abs().max()) for t in rows.values() if t is not None
+    )
 
 
 def _check_multiclass_target(
@@ -133,7 +214,8 @@ def _check_binary_target(target: Tensor, ignore_index: int) -> None:
 
 
 def check_weight(weight: Any, num_classes: int, binary: bool, like: Tensor) -> Tensor:
-    """A finite, non-negative 1-D tensor of length K (2 for binary), in ``like``'s dtype."""
+    """A finite, non-negative 1-D tensor of length K (2 for binary), in ``like``'s compute
+    dtype."""
     if not isinstance(weight, Tensor):
         if isinstance(weight, Sequence) and not isinstance(weight, str):
             weight = torch.tensor([float(w) for w in weight])
@@ -144,10 +226,34 @@ def check_weight(weight: Any, num_classes: int, binary: bool, like: Tensor) -> T
         raise ValueError(
             f"weight must be a 1-D tensor of length {expected}, got shape {tuple(weight.shape)}"
         )
-    weight = weight.to(device=like.device, dtype=like.dtype)
+    weight = weight.to(device=like.device, dtype=compute_dtype(like))
     if not (torch.isfinite(weight) & (weight >= 0)).all():
         raise ValueError(f"weight must be finite and >= 0, got {weight.tolist()}")
     return weight
+
+
+def _decide_binary(logits: Tensor, target: Tensor | None, binary: bool | None) -> bool:
+    """The task: binary when asked, or for 1-D logits (no class dimension) by default."""
+    if binary is not None:
+        if not isinstance(binary, bool):
+            raise TypeError(f"binary must be True, False or None, got {binary!r}")
+        return binary
+    return logits.dim() == 1
+
+
+def _check_probability_target(target: Tensor, logits_name: str, logits: Tensor) -> None:
+    if not target.is_floating_point():
+        raise TypeError(
+            f"a target of {logits_name}'s shape {tuple(logits.shape)} must hold class "
+            f"probabilities (a floating dtype), got {target.dtype}; give class indices of shape "
+            f"{tuple(logits.shape[:-1])}, or pass binary=True for binary/multi-label 0/1 targets"
+        )
+    if logits.shape[-1] < 2:
+        raise ValueError(
+            f"{logits_name} must have at least 2 classes in the last dimension for a "
+            f"probability target, got shape {tuple(logits.shape)}; pass binary=True for one "
+            "logit per position"
+        )
 
 
 def prepare(
@@ -161,18 +267,21 @@ def prepare(
 ) -> Positions:
     """Validate logits/target/weight and derive the task, mask, safe index and sample weights.
 
-    Binary when logits and target have the same shape (one logit per position), otherwise
-    multiclass with the classes in the last dimension. Without a target (pure distillation)
-    every position counts and ``binary`` decides (default: multiclass unless logits are 1-D).
+    The task is decided as the module docstring says: class indices of shape ``(...)`` or
+    class probabilities of shape ``(..., K)`` for multiclass logits ``(..., K)``; binary
+    (one logit per position, target of the logits' shape) with ``binary=True`` or for 1-D
+    logits. Without a target (pure distillation) every position counts.
     """
     check_logits(logits_name, logits)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
-    work = logits.to(compute_dtype(logits))
+    is_binary = _decide_binary(logits, target, binary)
+    work = logits.to(compute_dtype(logits)) if is_binary else logits
+    if is_binary:
+        check_finite(logits_name, logits)
     if target is None:
         if weight is not None:
             raise ValueError("weight needs a target: got weight with target=None")
-        is_binary = logits.dim() == 1 if binary is None else bool(binary)
         shape = logits.shape if is_binary else logits.shape[:-1]
         mask = torch.ones(shape, dtype=torch.bool, device=logits.device)
         return Positions(work, None, mask, is_binary, 2 if is_binary else logits.shape[-1], None)
@@ -180,20 +289,30 @@ def prepare(
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if target.device != logits.device:
         raise ValueError(f"target is on {target.device} but {logits_name} on {logits.device}")
-    is_binary = target.shape == logits.shape
-    if binary is not None and bool(binary) != is_binary:
-        raise ValueError(
-            f"binary={binary} does not match the shapes: {logits_name} {tuple(logits.shape)}, "
-            f"target {tuple(target.shape)}"
-        )
     if is_binary:
+        if target.shape != logits.shape:
+            raise ValueError(
+                f"a binary task needs a target of {logits_name}'s shape {tuple(logits.shape)} "
+                f"(one 0/1 value per logit), got target {tuple(target.shape)}"
+            )
         _check_binary_target(target, ignore_index)
         num_classes = 2
-    else:
-        if logits.shape[:-1] != target.shape:
+    elif target.shape == logits.shape:
+        _check_probability_target(target, logits_name, logits)
+        if weight is not None:
             raise ValueError(
-                f"{logits_name} must have shape (..., K) with target (...) (multiclass) or the "
-                f"target's shape (binary), got {logits_name} {tuple(logits.shape)} and target "
+                "weight (per class) is not supported with probability targets: give class "
+                "indices, or fold the class weights into the target distribution"
+            )
+        mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
+        probs = target.detach()
+        return Positions(work, None, mask, False, logits.shape[-1], None, probs)
+    else:
+        if logits.dim() < 2 or logits.shape[:-1] != target.shape:
+            raise ValueError(
+                f"{logits_name} must have shape (..., K) with a target of class indices (...) "
+                f"or class probabilities (..., K), or pass binary=True for a target of the "
+                f"logits' shape; got {logits_name} {tuple(logits.shape)} and target "
                 f"{tuple(target.shape)}"
             )
         num_classes = logits.shape[-1]
@@ -202,13 +321,15 @@ def prepare(
     index = torch.where(mask, target, torch.zeros_like(target)).long()
     sample_weight = None
     if weight is not None:
-        class_weight = check_weight(weight, num_classes, is_binary, work)
-        sample_weight = torch.where(mask, class_weight[index], torch.zeros((), dtype=work.dtype))
+        class_weight = check_weight(weight, num_classes, is_binary, logits)
+        zero = torch.zeros((), dtype=class_weight.dtype, device=logits.device)
+        sample_weight = torch.where(mask, class_weight[index], zero)
     return Positions(work, index, mask, is_binary, num_classes, sample_weight)
 
 
 def check_prior(prior: Any, num_classes: int, like: Tensor) -> Tensor:
-    """A probability vector of length K (2 for binary: P(y=0), P(y=1)) in ``like``'s dtype."""
+    """A probability vector of length K (2 for binary: P(y=0), P(y=1)) in the compute dtype of
+    ``like`` (on its device)."""
     if not isinstance(prior, Tensor):
         if isinstance(prior, Sequence) and not isinstance(prior, str):
             prior = torch.tensor([float(p) for p in prior], dtype=torch.float64)
@@ -227,21 +348,37 @@ def check_prior(prior: Any, num_classes: int, like: Tensor) -> Tensor:
             f"prior must be non-negative and sum to 1 (within {PRIOR_TOLERANCE}), got "
             f"{check.tolist()}"
         )
-    return prior.detach().to(device=like.device, dtype=like.dtype)
+    return prior.detach().to(device=like.device, dtype=compute_dtype(like))
 
 
-def check_teacher(teacher_logits: Any, student_logits: Tensor) -> Tensor:
+def check_teacher(teacher_logits: Any, student_logits: Tensor, binary: bool = False) -> Tensor:
+    """Teacher logits of the student's shape, detached. Binary ones are checked for NaN/inf
+    here (O(N)) and cast to the compute dtype; multiclass ones are used as given and their
+    finiteness is checked on the per-row loss (``check_finite_rows``)."""
     check_logits("teacher_logits", teacher_logits)
     if teacher_logits.shape != student_logits.shape:
         raise ValueError(
             "teacher_logits must have the student's shape "
             f"{tuple(student_logits.shape)}, got {tuple(teacher_logits.shape)}"
         )
-    return teacher_logits.detach().to(compute_dtype(student_logits))
+    if teacher_logits.device != student_logits.device:
+        raise ValueError(
+            f"teacher_logits is on {teacher_logits.device} but student_logits on "
+            f"{student_logits.device}"
+        )
+    if binary:
+        check_finite("teacher_logits", teacher_logits)
+        return teacher_logits.detach().to(compute_dtype(student_logits))
+    return teacher_logits.detach()
 
 
 def check_previous(previous: Any, positions: Positions) -> Tensor:
-    """Previous probabilities: ``(..., K)`` (multiclass) or ``(...)`` = P(y=1) (binary)."""
+    """Previous probabilities: ``(..., K)`` (multiclass) or ``(...)`` = P(y=1) (binary).
+
+    Multiclass with class indices: the loss reads only q_y, so q_y is gathered and checked
+    (O(N)) and returned with the positions' shape. With probability targets every class is
+    read: the (..., K) tensor is checked by row minima and maxima and returned.
+    """
     if not isinstance(previous, Tensor):
         raise TypeError(f"previous must be a torch.Tensor, got {type(previous).__name__}")
     if not previous.is_floating_point():
@@ -253,8 +390,22 @@ def check_previous(previous: Any, positions: Positions) -> Tensor:
             f"previous must have the logits' shape {tuple(expected)} ({what}), "
             f"got {tuple(previous.shape)}"
         )
-    outside = ~((previous >= 0) & (previous <= 1))
+    if previous.device != positions.logits.device:
+        raise ValueError(
+            f"previous is on {previous.device} but the logits on {positions.logits.device}"
+        )
+    previous = previous.detach()
+    if positions.binary or positions.index is None:
+        used = previous
+        if not positions.binary:  # probability targets read every class: check row extremes
+            used = torch.stack([previous.amin(dim=-1), previous.amax(dim=-1)])
+    else:
+        used = previous.gather(-1, positions.index.unsqueeze(-1)).squeeze(-1)
+        used = torch.where(positions.mask, used, torch.zeros_like(used))
+    outside = ~((used >= 0) & (used <= 1))
     if outside.any():
-        value = previous[outside].flatten()[0].item()
+        value = used[outside].flatten()[0].item()
         raise ValueError(f"previous must hold probabilities in [0, 1], got {value}")
-    return previous.detach().to(positions.logits.dtype)
+    if positions.binary:
+        return previous.to(positions.dtype)
+    return previous if positions.index is None else used

@@ -30,14 +30,17 @@ def cross_entropy_loss(
     ignore_index: int = -100,
     reduction: str = "mean",
     weight: Tensor | None = None,
+    binary: bool | None = None,
 ) -> Tensor:
-    """Cross-entropy with hard targets.
+    """Cross-entropy.
 
-    Multiclass: logits ``(..., K)``, integer target ``(...)``, ``loss_i = -log softmax(s_i)[y_i]``.
-    Binary (logits and target of the same shape): ``loss_i = BCE-with-logits(s_i, y_i)``.
-    ``weight[y_i]`` multiplies sample i's loss; ``mean`` divides by the sum of those weights.
+    Multiclass: logits ``(..., K)``, integer target ``(...)``, ``loss_i = -log softmax(s_i)[y_i]``,
+    or probability target ``(..., K)``, ``loss_i = -sum_k q_ik log softmax(s_i)_k`` (as
+    ``F.cross_entropy``). Binary (``binary=True``, or 1-D logits; target of the logits' shape):
+    ``loss_i = BCE-with-logits(s_i, y_i)``. ``weight[y_i]`` multiplies sample i's loss; ``mean``
+    divides by the sum of those weights.
     """
     check_reduction(reduction)
-    positions = prepare(logits, target, ignore_index=ignore_index, weight=weight)
+    positions = prepare(logits, target, ignore_index=ignore_index, weight=weight, binary=binary)
     per_position = _per_position_cross_entropy(logits, positions)
     return _reduce(per_position, positions.mask, positions.sample_weight, reduction)

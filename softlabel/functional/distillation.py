@@ -43,6 +43,7 @@ def _per_position_distillation(
             student_logits,
             positions,
             "kd",
+            logits_name="student_logits",
             teacher=teacher_logits,
             temperature=temperature,
             alpha=alpha,
@@ -74,8 +75,9 @@ def distillation_loss(
     The KL is summed over classes per position, so ``mean`` is the batchmean over the
     positions that count. Binary (one logit per position): the Bernoulli KL between
     ``sigmoid(t/T)`` and ``sigmoid(s/T)``, times T^2. Teacher logits get no gradient.
-    ``target=None`` needs ``alpha=1`` (pure distillation); then every position counts and
-    ``binary`` tells a binary task from a multiclass one (default: binary only for 1-D logits).
+    ``target=None`` needs ``alpha=1`` (pure distillation); then every position counts.
+    ``binary`` tells a binary task from a multiclass one (default: binary only for 1-D logits);
+    ``target`` may also hold class probabilities ``(..., K)`` for the hard term.
     """
     check_reduction(reduction)
     temperature = check_temperature(temperature)
@@ -93,7 +95,7 @@ def distillation_loss(
         logits_name="student_logits",
         binary=binary,
     )
-    teacher = check_teacher(teacher_logits, student_logits)
+    teacher = check_teacher(teacher_logits, student_logits, positions.binary)
     per_position = _per_position_distillation(
         student_logits, teacher, positions, temperature, alpha
     )

@@ -44,17 +44,20 @@ def self_correction_loss(
     ignore_index: int = -100,
     reduction: str = "mean",
     weight: Tensor | None = None,
+    binary: bool | None = None,
 ) -> Tensor:
     """ReLoop loss ``(1 - alpha) * CE + alpha * L_sc`` (see ``_per_position_self_correction``).
 
     ``previous`` holds the previous model's probabilities: ``(..., K)`` for multiclass, or
-    ``(...)`` = P(y=1) for binary. They are constants (no gradient).
+    ``(...)`` = P(y=1) for binary. They are constants (no gradient). With a probability
+    target q (..., K) the hinge is ``sum_k q_k max(0, p_prev_k - p_k)``, the paper's
+    ``max(0, p_prev[y] - p[y])`` when q is one-hot.
     """
     check_reduction(reduction)
     alpha = check_alpha(alpha)
     if target is None:
         raise ValueError("target is required for self_correction_loss, got target=None")
-    positions = prepare(logits, target, ignore_index=ignore_index, weight=weight)
+    positions = prepare(logits, target, ignore_index=ignore_index, weight=weight, binary=binary)
     previous_probs = check_previous(previous, positions)
     per_position = _per_position_self_correction(logits, positions, previous_probs, alpha)
     return _reduce(per_position, positions.mask, positions.sample_weight, reduction)

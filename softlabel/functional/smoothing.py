@@ -40,17 +40,19 @@ def label_smoothing_loss(
     ignore_index: int = -100,
     reduction: str = "mean",
     weight: Tensor | None = None,
+    binary: bool | None = None,
 ) -> Tensor:
     """Label-smoothed cross-entropy: ``(1 - eps) * CE(y, p) + eps * H(q, p)``.
 
     ``q`` is uniform (1/K, so the true class gets ``1 - eps + eps/K``; equal to torch's
     ``cross_entropy(label_smoothing=eps)`` without weight) or ``prior``, a length-K
     probability vector (length 2, ``[P(y=0), P(y=1)]``, for binary). The value is a
-    cross-entropy, not a KL. Binary: BCE-with-logits against ``y (1 - eps) + eps/2``.
+    cross-entropy, not a KL. Binary: BCE-with-logits against ``y (1 - eps) + eps/2``. A
+    probability target ``q`` (..., K) is smoothed the same way: ``(1 - eps) q + eps u``.
     """
     check_reduction(reduction)
     eps = check_smoothing(smoothing)
-    positions = prepare(logits, target, ignore_index=ignore_index, weight=weight)
+    positions = prepare(logits, target, ignore_index=ignore_index, weight=weight, binary=binary)
     prior_vector = None
     if prior is not None:
         prior_vector = check_prior(prior, positions.num_classes, positions.logits)

@@ -1,8 +1,9 @@
 """Per-chunk math of the fused soft-target loss.
 
 Every function takes a chunk of logit rows ``s`` (rows, K), the labels ``y`` (rows, 1)
-(ignored rows already replaced by a valid class), and a work tensor ``g`` (rows, K) in the
-compute dtype. It returns the per-row loss (rows,) and leaves d loss_i / d s_i in ``g``
+(ignored rows already replaced by a valid class) or a chunk of probability targets ``q``
+(rows, K) in their place (the one-hot of y generalised: every ``s_y`` becomes ``q . s`` and
+every ``onehot_y`` becomes ``q``), and a work tensor ``g`` (rows, K) in the compute dtype. It returns the per-row loss (rows,) and leaves d loss_i / d s_i in ``g``
 (for KD divided by the constant ``kd_grad_scale``, which backward multiplies back in).
 All row-wise work happens in place on buffers of the chunk's size; nothing of size N x K
 is allocated here.
@@ -41,29 +42,53 @@ def _softmax_log_z(src: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
     return m, _log_z(g)
 
 
+def _as_compute(q: Tensor, like: Tensor) -> Tensor:
+    """A probability-target chunk in the compute dtype of ``like``."""
+    return q if q.dtype == like.dtype else q.to(like.dtype)
+
+
 def ce_ls_chunk(
-    s: Tensor, y: Tensor, g: Tensor, eps: float, prior_eps: Tensor | None, prior_sum: float
+    s: Tensor,
+    y: Tensor | None,
+    g: Tensor,
+    eps: float,
+    prior_eps: Tensor | None,
+    prior_sum: float,
+    q: Tensor | None = None,
 ) -> Tensor:
     """Cross-entropy with label smoothing toward a prior u (uniform 1/K when None).
 
     loss = (1 - eps) (lse - s_y) + eps (sum(u) lse - u . s)
     grad = ((1 - eps) + eps sum(u)) p - (1 - eps) onehot_y - eps u
-    ``prior_eps`` holds eps * u (K,); eps = 0 gives the hard cross-entropy.
+    ``prior_eps`` holds eps * u (K,); eps = 0 gives the hard cross-entropy. With a probability
+    target q: s_y -> q . s, onehot_y -> q and the first term's lse -> sum(q) lse.
     """
     k = s.shape[1]
     src = _source_rows(s, g)
-    s_y = src.gather(1, y).view(-1)
+    if q is None:
+        s_y = src.gather(1, y).view(-1)
+        q_sum = 1.0
+    else:
+        q = _as_compute(q, g)
+        s_y = torch.linalg.vecdot(src, q)
+        q_sum = q.sum(dim=1)
     if eps > 0.0:  # u . s, taken before g is overwritten
         dot_u = src.sum(dim=1) / k if prior_eps is None else torch.mv(src, prior_eps) / eps
     m, log_z = _softmax_log_z(src, g)
-    loss = (m - s_y) + log_z
+    loss = (q_sum * m - s_y) + q_sum * log_z
+    p_scale = (1.0 - eps) * q_sum + eps * prior_sum
     if eps > 0.0:
         loss = loss * (1.0 - eps) + eps * (prior_sum * log_z + (prior_sum * m - dot_u))
-        p_scale = (1.0 - eps) + eps * prior_sum
-        if p_scale != 1.0:
-            g.mul_(p_scale)
+    if isinstance(p_scale, Tensor):
+        g.mul_(p_scale.unsqueeze(1))
+    elif p_scale != 1.0:
+        g.mul_(p_scale)
+    if eps > 0.0:
         g.sub_(eps / k if prior_eps is None else prior_eps)
-    g.scatter_add_(1, y, g.new_full(y.shape, -(1.0 - eps)))
+    if q is None:
+        g.scatter_add_(1, y, g.new_full(y.shape, -(1.0 - eps)))
+    else:
+        g.sub_(q, alpha=1.0 - eps)
     return loss
 
 
@@ -84,6 +109,29 @@ def reloop_chunk(s: Tensor, y: Tensor, g: Tensor, alpha: float, previous_y: Tens
     g.mul_(c.unsqueeze(1))
     g.scatter_add_(1, y, -c.unsqueeze(1))
     return loss
+
+
+def reloop_soft_target_chunk(
+    s: Tensor, q: Tensor, g: Tensor, alpha: float, previous: Tensor
+) -> Tensor:
+    """ReLoop against a probability target q: (1 - alpha) H(q, p) + alpha sum_k q_k max(0,
+    prev_k - p_k), which is the paper's max(0, prev_y - p_y) when q is one-hot.
+
+    With h = q * [prev > p] * p: grad = ((1 - alpha) sum(q) + alpha sum(h)) p - (1 - alpha) q
+    - alpha h.
+    """
+    src = _source_rows(s, g)
+    q = _as_compute(q, g)
+    q_sum = q.sum(dim=1)
+    s_q = torch.linalg.vecdot(src, q)
+    m, log_z = _softmax_log_z(src, g)
+    ce = (q_sum * m - s_q) + q_sum * log_z
+    gap = _as_compute(previous, g) - g
+    hinge = torch.linalg.vecdot(q, gap.clamp_min(0.0))
+    h = gap.gt_(0).to(g.dtype).mul_(q).mul_(g)
+    c = (1.0 - alpha) * q_sum + alpha * h.sum(dim=1)
+    g.mul_(c.unsqueeze(1)).sub_(q, alpha=1.0 - alpha).sub_(h, alpha=alpha)
+    return (1.0 - alpha) * ce + alpha * hinge
 
 
 def _softmax_into(x: Tensor, out: Tensor) -> Tensor:
@@ -125,6 +173,7 @@ def kd_chunk(
     work_b: Tensor,
     temperature: float,
     alpha: float,
+    target_probs: Tensor | None = None,
 ) -> Tensor:
     """Hinton distillation: (1 - alpha) CE(s, y) + alpha T^2 KL(softmax(t/T) || softmax(s/T)).
 
@@ -135,6 +184,8 @@ def kd_chunk(
     ``kd_grad_scale(T, alpha)``. Per chunk: fused softmax row passes for t/T, s/T and (when
     T != 1 and alpha < 1) s, six element-wise passes and a few row reductions.
     ``work_a`` and ``work_b`` are (rows, K) buffers; ``y`` may be None only when alpha = 1.
+    With probability targets ``target_probs`` = c (rows, K) in place of y: CE = sum(c) lse - c . s
+    and its gradient sum(c) p - c.
     """
     inv_t = 1.0 / temperature
     _centered(t, work_a, inv_t)  # work_a = b
@@ -148,14 +199,25 @@ def kd_chunk(
     if alpha == 1.0:  # grad = T (r - q)
         torch.sub(r, q, out=g)
         return loss
-    s_y = s.gather(1, y).to(g.dtype).view(-1) - m_s.view(-1)
+    if target_probs is None:
+        c = None
+        c_sum = 1.0
+        s_y = s.gather(1, y).to(g.dtype).view(-1) - m_s.view(-1)
+    else:
+        c = _as_compute(target_probs, g)
+        c_sum = c.sum(dim=1)
+        s_y = (c * s).sum(dim=1) - c_sum * m_s.view(-1)  # c . (s - m_s)
     if temperature == 1.0:  # r is p: grad = p - alpha q - (1 - alpha) onehot_y
-        ce = log_z_a - s_y
+        ce = c_sum * log_z_a - s_y
         torch.sub(r, q, alpha=alpha, out=g)
+        if c is not None:  # p's coefficient is alpha + (1 - alpha) sum(c)
+            g.addcmul_(r, ((1.0 - alpha) * (c_sum - 1.0)).unsqueeze(1))
         scale = 1.0
     else:
         p = _softmax_into(s, g)
-        ce = _log_z(p) - s_y
+        ce = c_sum * _log_z(p) - s_y
+        if c is not None:
+            p.mul_(c_sum.unsqueeze(1))
         kd_weight, ce_weight = alpha * temperature, 1.0 - alpha
         scale = kd_grad_scale(temperature, alpha)
         r.sub_(q)
@@ -163,5 +225,8 @@ def kd_chunk(
             torch.add(r, p, alpha=ce_weight / kd_weight, out=g)
         else:  # g = p + (kd_weight / ce_weight) (r - q)
             g.add_(r, alpha=kd_weight / ce_weight)
-    g.scatter_add_(1, y, g.new_full(y.shape, -(1.0 - alpha) / scale))
+    if c is None:
+        g.scatter_add_(1, y, g.new_full(y.shape, -(1.0 - alpha) / scale))
+    else:
+        g.sub_(c, alpha=(1.0 - alpha) / scale)
     return loss + (1.0 - alpha) * ce

@@ -9,6 +9,10 @@ in the logits' dtype); float64 inputs are computed in float64.
 
 Backward scales the buffer in place unless the graph is retained (``retain_graph=True``,
 ``gradcheck``), where it returns a scaled copy and keeps the buffer for the next backward.
+Under ``create_graph=True`` (double backward: gradient penalties, Hessian-vector products)
+the buffer is a constant with no graph, so backward instead recomputes the loss with the
+differentiable formula of ``_reference.per_row_loss`` and returns its gradient with a graph:
+second-order gradients are exact, at the plain formula's speed and memory.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from softlabel.kernels import _chunk_math
+from softlabel.kernels._reference import per_row_loss
 from softlabel.kernels._validate import validate_inputs
 
 MODES = ("hard", "ls", "kd", "reloop")
@@ -52,6 +56,11 @@ class LossSpec:
     previous: Tensor | None = None
     ignore_index: int = -100
     chunk_rows: int | None = None
+    soft_target: Tensor | None = None  # (N, K) class probabilities in place of labels
+
+
+#: Largest allowed distance of a probability target's row sum from 1.
+TARGET_SUM_TOLERANCE = 1e-3
 
 
 def default_chunk_rows(
@@ -103,14 +112,25 @@ def _forward(
         labels = labels.unsqueeze(1)
     if valid is not None and bool(valid.all()):
         valid = None
+    probs = spec.soft_target
+    if probs is not None:  # row minima and sums, checked after the loop (O(N))
+        q_min = loss.new_empty(n)
+        q_sum = loss.new_empty(n)
     for a in range(0, n, rows):
         b = min(n, a + rows)
         s = logits[a:b]
         g = grad[a:b] if grad_in_place else work_g[: b - a]
         y = None if labels is None else labels[a:b]
-        loss[a:b] = _chunk_loss(s, y, g, spec, a, b, work_a, work_b, prior_eps, prior_sum)
+        q = None
+        if probs is not None:
+            q = probs[a:b]
+            torch.amin(q, dim=1, out=q_min[a:b])
+            torch.sum(q, dim=1, dtype=cd, out=q_sum[a:b])
+        loss[a:b] = _chunk_loss(s, y, q, g, spec, a, b, work_a, work_b, prior_eps, prior_sum)
         if grad is not None and not grad_in_place:
             grad[a:b].copy_(g)
+    if probs is not None:
+        _check_probability_rows(q_min, q_sum)
     if valid is not None:  # ignored rows: loss 0, gradient 0 (also over NaN/inf logits)
         loss.masked_fill_(~valid, 0.0)
         if grad is not None:
@@ -118,20 +138,34 @@ def _forward(
     return loss, grad
 
 
-def _chunk_loss(s, y, g, spec, a, b, work_a, work_b, prior_eps, prior_sum) -> Tensor:
-    """Dispatch one chunk to its mode's math in ``_chunk_math``."""
+def _check_probability_rows(q_min: Tensor, q_sum: Tensor) -> None:
+    """Probability targets: every row >= 0 and summing to 1 (NaN and inf fail too)."""
+    ok = (q_min >= 0) & ((q_sum - 1.0).abs() <= TARGET_SUM_TOLERANCE)
+    if not bool(ok.all()):
+        row = int((~ok).nonzero()[0])
+        raise ValueError(
+            "target must hold class probabilities (rows >= 0 summing to 1 within "
+            f"{TARGET_SUM_TOLERANCE:g}), got a row (position {row} of the flattened positions) "
+            f"with minimum {q_min[row].item():.6g} and sum {q_sum[row].item():.6g}"
+        )
+
+
+def _chunk_loss(s, y, q, g, spec, a, b, work_a, work_b, prior_eps, prior_sum) -> Tensor:
+    """Dispatch one chunk to its mode's math in ``_chunk_math`` (``q``: probability targets)."""
     if spec.mode == "hard" or (spec.mode == "kd" and spec.alpha == 0.0):
-        return _chunk_math.ce_ls_chunk(s, y, g, 0.0, None, 1.0)
+        return _chunk_math.ce_ls_chunk(s, y, g, 0.0, None, 1.0, q)
     if spec.mode == "ls":
         prior_sum = 1.0 if prior_sum is None else prior_sum
-        return _chunk_math.ce_ls_chunk(s, y, g, spec.eps, prior_eps, prior_sum)
+        return _chunk_math.ce_ls_chunk(s, y, g, spec.eps, prior_eps, prior_sum, q)
     if spec.mode == "reloop":
         prev = spec.previous[a:b]
+        if q is not None:
+            return _chunk_math.reloop_soft_target_chunk(s, q, g, spec.alpha, prev)
         prev_y = prev if prev.dim() == 1 else prev.gather(1, y).view(-1)
         return _chunk_math.reloop_chunk(s, y, g, spec.alpha, prev_y.to(g.dtype))
     rows = b - a
     return _chunk_math.kd_chunk(
-        s, y, g, spec.teacher[a:b], work_a[:rows], work_b[:rows], spec.temperature, spec.alpha
+        s, y, g, spec.teacher[a:b], work_a[:rows], work_b[:rows], spec.temperature, spec.alpha, q
     )
 
 
@@ -145,12 +179,20 @@ class FusedSoftTargetLossFunction(torch.autograd.Function):
         loss, grad = _forward(logits, labels, valid, spec, need_grad=True)
         ctx.grad = grad
         ctx.grad_scale = grad_scale(spec)
+        ctx.inputs = (labels, valid, spec)
+        ctx.save_for_backward(logits)  # a reference, read only by double backward
         out_dtype = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else None
         return loss if out_dtype is None else loss.to(out_dtype)
 
     @staticmethod
-    @once_differentiable  # the gradient is a constant buffer: no double backward
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None, None]:
+        if torch.is_grad_enabled():  # create_graph=True: a gradient with a graph is wanted
+            (logits,) = ctx.saved_tensors
+            per_row = per_row_loss(logits, *ctx.inputs)
+            (grad,) = torch.autograd.grad(
+                per_row, logits, grad_output.to(per_row.dtype), create_graph=True
+            )
+            return grad, None, None, None
         grad = ctx.grad
         row_scale = grad_output.unsqueeze(1)
         if ctx.grad_scale != 1.0:

@@ -85,6 +85,7 @@ class TargetSource:
         ignore_index: int = -100,
         reduction: str = "mean",
         weight: Tensor | None = None,
+        binary: bool | None = None,
     ) -> Tensor:
         """The loss of ``logits`` against ``target`` (and ``reference`` when the source needs
         one: see ``self.reference``), with the functional form's options."""
@@ -93,7 +94,13 @@ class TargetSource:
                 f"{type(self).__name__} needs reference={self.reference!r}, got reference=None"
             )
         return self._loss(
-            logits, target, reference, ignore_index=ignore_index, reduction=reduction, weight=weight
+            logits,
+            target,
+            reference,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            weight=weight,
+            binary=binary,
         )
 
     def _loss(
