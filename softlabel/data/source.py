@@ -9,6 +9,47 @@ from functools import cached_property
 import numpy as np
 
 TASKS = ("multiclass", "binary")
+_CHECK_CHUNK = 1 << 22  # values per np.isfinite pass (bounds the temporary mask's memory)
+
+
+def _integer_labels(name: str, y) -> np.ndarray:
+    """``y`` as int64, refusing labels that a cast would change (1.5 -> 1, NaN)."""
+    y = np.asarray(y)
+    if y.dtype.kind in "iub":
+        return np.ascontiguousarray(y, dtype=np.int64)
+    try:
+        numbers = y.astype(np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"{name}: y must hold integer class labels, got dtype {y.dtype} ({error})"
+        ) from error
+    changed = ~np.isfinite(numbers) | (numbers != np.round(numbers))
+    if changed.any():
+        index = int(np.flatnonzero(changed.reshape(-1))[0])
+        raise ValueError(
+            f"{name}: y must hold whole-number class labels; sample {index} has "
+            f"{numbers.reshape(-1)[index].item()!r} ({int(changed.sum())} such label(s))"
+        )
+    return np.ascontiguousarray(numbers, dtype=np.int64)
+
+
+def _check_finite(name: str, X: np.ndarray) -> None:
+    """ValueError naming the first sample and position of a NaN or infinite value in ``X``
+    (checked in chunks of rows, so no full-size mask is allocated)."""
+    if X.ndim == 0 or X.size == 0:
+        return
+    flat = X.reshape(len(X), -1)
+    rows = max(1, _CHECK_CHUNK // max(1, flat.shape[1]))
+    for start in range(0, len(flat), rows):
+        finite = np.isfinite(flat[start : start + rows])
+        if not finite.all():
+            row, column = (int(i) for i in np.argwhere(~finite)[0])
+            position = np.unravel_index(column, X.shape[1:]) if X.ndim > 1 else ()
+            raise ValueError(
+                f"{name}: X must be finite; sample {start + row} holds "
+                f"{flat[start + row, column].item()} at position {tuple(int(p) for p in position)} "
+                "(NaN, inf, or a value beyond the float32 range)"
+            )
 
 
 @dataclass(eq=False)
@@ -37,7 +78,8 @@ class ArraySource:
 
     def __post_init__(self) -> None:
         self.X = np.ascontiguousarray(self.X, dtype=np.float32)
-        self.y = np.ascontiguousarray(self.y, dtype=np.int64)
+        self.y = _integer_labels(self.name, self.y)
+        _check_finite(self.name, self.X)
         self.input_shape = tuple(int(d) for d in self.input_shape)
         if self.X.shape[1:] != self.input_shape:
             raise ValueError(
