@@ -124,27 +124,36 @@ _KINDS: dict[str, type[Schedule]] = {
 }
 
 
-def as_schedule(value: float | Schedule | Mapping[str, Any]) -> Schedule:
+def as_schedule(value: float | Schedule | Mapping[str, Any], name: str = "schedule") -> Schedule:
     """Turn a number, a Schedule or a mapping such as ``{"kind": "linear", "start": 0.2,
-    "end": 0.0}`` into a Schedule."""
+    "end": 0.0}`` into a Schedule.
+
+    ``name`` is the hyper-parameter the value is for (``"smoothing"``...): every error
+    starts with it, e.g. ``smoothing must be a finite number, got nan``.
+    """
     if isinstance(value, Schedule):
         return value
     if isinstance(value, Real) and not isinstance(value, bool):
-        return Constant(float(value))
+        return Constant(_finite_number(name, value))
     if isinstance(value, Mapping):
         options = dict(value)
         kind = options.pop("kind", None)
         if kind not in _KINDS:
             raise ValueError(
-                f"schedule kind must be one of {sorted(_KINDS)}, got {kind!r} (in {dict(value)!r})"
+                f"{name}: schedule kind must be one of {sorted(_KINDS)}, got {kind!r} "
+                f"(in {dict(value)!r})"
             )
         if "milestones" in options:
-            options["milestones"] = tuple(options["milestones"])
+            milestones = options["milestones"]
+            if isinstance(milestones, Sequence) and not isinstance(milestones, (str, bytes)):
+                options["milestones"] = tuple(milestones)
         try:
             return _KINDS[kind](**options)
         except TypeError as error:
-            raise TypeError(f"bad arguments for schedule kind {kind!r}: {error}") from error
+            raise TypeError(f"{name}: bad arguments for schedule kind {kind!r}: {error}") from error
+        except ValueError as error:
+            raise ValueError(f"{name}: {kind} schedule: {error}") from error
     raise TypeError(
-        "a schedule must be a number, a softlabel.schedules.Schedule or a mapping with a "
+        f"{name} must be a finite number, a softlabel.schedules.Schedule or a mapping with a "
         f"'kind' key, got {value!r}"
     )

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from softlabel.schedules import Constant, Cosine, Linear, Step, as_schedule
-from softlabel.targets import Teacher, UniformPrior
+from softlabel.targets import ClassPrior, PreviousModel, Teacher, UniformPrior
 
 
 @pytest.mark.parametrize(
@@ -105,9 +105,73 @@ def test_source_value_changes_with_progress():
 def test_schedule_values_are_validated_by_the_source():
     with pytest.raises(ValueError, match=r"smoothing must be in \[0, 1\), got 1.2.*Linear"):
         UniformPrior(smoothing=Linear(1.2, 0.0))
-    with pytest.raises(ValueError, match="temperature.*> 0.*-1.0"):
+    with pytest.raises(ValueError, match=r"temperature must be .*, got -1\.0 .*Linear"):
         Teacher(temperature=Linear(4.0, -1.0))
     with pytest.raises(ValueError, match="alpha.*1.5"):
         Teacher(alpha=1.5)
     with pytest.raises(ValueError, match="progress"):
         UniformPrior().set_progress(2.0)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (
+            lambda: UniformPrior(smoothing=NAN),
+            ValueError,
+            "smoothing must be a finite number, got nan",
+        ),
+        (
+            lambda: UniformPrior(smoothing=INF),
+            ValueError,
+            "smoothing must be a finite number, got inf",
+        ),
+        (
+            lambda: ClassPrior(smoothing=-INF),
+            ValueError,
+            "smoothing must be a finite number, got -inf",
+        ),
+        (
+            lambda: Teacher(temperature=NAN),
+            ValueError,
+            "temperature must be a finite number, got nan",
+        ),
+        (lambda: Teacher(alpha=INF), ValueError, "alpha must be a finite number, got inf"),
+        (
+            lambda: PreviousModel(alpha="0.5"),
+            TypeError,
+            "alpha must be a finite number, a softlabel.schedules.Schedule or a mapping with a "
+            "'kind' key, got '0.5'",
+        ),
+        (
+            lambda: UniformPrior(smoothing=True),
+            TypeError,
+            "smoothing must be a finite number, a softlabel.schedules.Schedule or a mapping "
+            "with a 'kind' key, got True",
+        ),
+        (
+            lambda: Teacher(temperature={"kind": "linear", "start": NAN, "end": 1.0}),
+            ValueError,
+            "temperature: linear schedule: start must be a finite number, got nan",
+        ),
+        (
+            lambda: UniformPrior(smoothing={"kind": "cubic"}),
+            ValueError,
+            "smoothing: schedule kind must be one of ['constant', 'cosine', 'linear', 'step'], "
+            "got 'cubic' (in {'kind': 'cubic'})",
+        ),
+        (
+            lambda: Teacher(alpha={"kind": "step", "start": 0, "end": 1, "milestones": 0.5}),
+            TypeError,
+            "alpha: bad arguments for schedule kind 'step': milestones must be a sequence of "
+            "numbers in [0, 1], got 0.5",
+        ),
+    ],
+)
+def test_bad_hyper_parameter_errors_name_the_parameter(make, error, message):
+    with pytest.raises(error) as caught:
+        make()
+    assert str(caught.value) == message

@@ -42,7 +42,7 @@ class TargetSource:
     def __init__(self, **hyper_parameters: HyperParameter) -> None:
         self._schedules: dict[str, Schedule] = {}
         for key, value in hyper_parameters.items():
-            schedule = as_schedule(value)
+            schedule = as_schedule(value, name=key)
             for progress in (0.0, 1.0):
                 self._checked(key, schedule, progress)
             self._schedules[key] = schedule
