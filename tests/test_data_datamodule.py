@@ -123,17 +123,24 @@ def test_noise_is_seeded_and_accepts_a_dictconfig(source):
 def test_normalisation_uses_train_statistics_only():
     image = digits(flat=False)
     dm = make(image)
+    assert dm.normalization == "channel"
     train_x = image.X[dm.split.train]
     mean, std = train_x.mean(), train_x.std()
     x, _, index = dm.split_dataset("test")[0]
     np.testing.assert_allclose(x.numpy(), (image.X[int(index)] - mean) / std, rtol=1e-4, atol=1e-5)
-    flat = make(digits())
-    column_mean = digits().X[flat.split.train].mean(axis=0)
-    batch = torch.stack([flat.split_dataset("train")[i][0] for i in range(flat.num_train)])
+    flat = make(digits())  # flat pixels: one mean / std per channel too (image_shape known)
+    assert flat.normalization == "channel"
+    x, _, index = flat.split_dataset("test")[0]
+    np.testing.assert_allclose(x.numpy(), (digits().X[int(index)] - mean) / std, atol=1e-5)
+    per_feature = make(digits(), normalize="feature")
+    assert per_feature.normalization == "feature"
+    column_mean = digits().X[per_feature.split.train].mean(axis=0)
+    dataset = per_feature.split_dataset("train")
+    batch = torch.stack([dataset[i][0] for i in range(per_feature.num_train)])
     np.testing.assert_allclose(batch.mean(0).numpy(), 0.0, atol=1e-4)
-    x0, _, i0 = flat.split_dataset("val")[0]
-    std0 = digits().X[flat.split.train].std(axis=0)
-    std0[std0 == 0] = 1.0
+    x0, _, i0 = per_feature.split_dataset("val")[0]
+    std0 = digits().X[per_feature.split.train].std(axis=0)
+    std0 = np.where(std0 == 0, 1.0, np.maximum(std0, 1e-3))
     np.testing.assert_allclose(x0.numpy(), (digits().X[int(i0)] - column_mean) / std0, atol=1e-4)
 
 
@@ -163,13 +170,13 @@ def test_properties_and_callable_or_config_sources():
         SoftLabelDataModule(digits, val_fraction=0.5, test_fraction=0.6).setup()
 
 
-def test_augmentation_only_for_three_channel_images():
-    with pytest.raises(ValueError, match="augment=True"):
-        SoftLabelDataModule(digits, augment=True).setup()
+def test_crop_flip_for_three_channel_images_and_no_augmentation_of_feature_vectors():
+    with pytest.raises(ValueError, match="no image shape.*data.image_shape"):
+        SoftLabelDataModule(synthetic(100, 4, 2), augment=True).setup()
     X = np.random.default_rng(0).random((40, 3, 8, 8), dtype=np.float32)
     images = ArraySource("rgb", X, np.arange(40) % 2, 2, (3, 8, 8))
     dm = make(images, augment=True, normalize=False)
-    assert dm.has_random_augmentation
+    assert dm.has_random_augmentation and dm.augmentation == "crop_flip"
     x, _, index = dm.train_dataloader().dataset[0]
     original = torch.from_numpy(X[int(index)])
     padded = torch.nn.functional.pad(original, (4, 4, 4, 4))

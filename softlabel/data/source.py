@@ -65,6 +65,9 @@ class ArraySource:
         task: ``"multiclass"`` or ``"binary"``.
         test_index: indices of an official test split, or ``None`` to split at random.
         classes: optional original label value (or name) of each class index.
+        image_shape: the ``(C, H, W)`` image or ``(C, L)`` signal a sample is, e.g.
+            ``(1, 28, 28)`` for flat ``(784,)`` MNIST vectors; defaults to ``input_shape``
+            when that has 2 or 3 dimensions, else ``None`` (a feature vector).
     """
 
     name: str
@@ -75,6 +78,7 @@ class ArraySource:
     task: str = "multiclass"
     test_index: np.ndarray | None = None
     classes: tuple | None = field(default=None)
+    image_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         self.X = np.ascontiguousarray(self.X, dtype=np.float32)
@@ -85,6 +89,17 @@ class ArraySource:
             raise ValueError(
                 f"X has per-sample shape {self.X.shape[1:]}, but input_shape={self.input_shape}"
             )
+        if self.image_shape is None and len(self.input_shape) in (2, 3):
+            self.image_shape = self.input_shape
+        if self.image_shape is not None:
+            self.image_shape = tuple(int(d) for d in self.image_shape)
+            if len(self.image_shape) not in (2, 3) or np.prod(self.image_shape) != np.prod(
+                self.input_shape
+            ):
+                raise ValueError(
+                    f"image_shape={self.image_shape}; expected (C, H, W) or (C, L) holding "
+                    f"input_shape={self.input_shape}"
+                )
         if self.y.shape != (self.X.shape[0],):
             raise ValueError(f"y has shape {self.y.shape}; expected ({self.X.shape[0]},)")
         if self.task not in TASKS:
