@@ -212,3 +212,28 @@ def test_archive_with_unsafe_member_is_refused(tmp_path):
     with pytest.raises(Exception):  # noqa: B017 - tarfile's filter error type varies by version
         download.extract_tar(archive, "cifar-10-batches-py", root)
     assert not (tmp_path / "escape.txt").exists() and list(root.iterdir()) == []
+
+
+class _RunsCode:
+    """Unpickling this would call os.system: the CIFAR reader must refuse it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar_pickle_that_would_run_code_is_refused(tmp_path):
+    write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    marker = tmp_path / "ran"
+    with open(folder / "data_batch_1", "wb") as handle:
+        pickle.dump({b"data": _RunsCode(marker), b"labels": [0]}, handle)
+    with pytest.raises(
+        ValueError, match=r"data_batch_1 is not a CIFAR batch file.*(posix|os)\.system"
+    ):
+        cifar10(root=tmp_path)
+    assert not marker.exists()

@@ -32,10 +32,44 @@ def _missing_error(dataset: str, missing: list[Path], hint: str) -> FileNotFound
     )
 
 
+#: The only globals a CIFAR pickle needs: numpy arrays (and their dtypes) and bytes. Anything else,
+#: such as ``os.system`` in a crafted file, is refused before it is called.
+_CIFAR_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how protocol-2 pickles write bytes objects
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the numpy globals of ``_CIFAR_PICKLE_GLOBALS``."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: a CIFAR batch file holds only numpy "
+                "arrays, lists, bytes and numbers"
+            )
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
-    """Load a CIFAR pickle; keys come back as ``str`` (the official files use bytes)."""
+    """Load a CIFAR pickle; keys come back as ``str`` (the official files use bytes).
+
+    The CIFAR python format is a pickle, so it is read with an unpickler that resolves only
+    numpy's array constructors: a file that would call anything else raises ValueError.
+    """
     with open(path, "rb") as handle:
-        content = pickle.load(handle, encoding="bytes")
+        try:
+            content = _CifarUnpickler(handle, encoding="bytes").load()
+        except (pickle.UnpicklingError, EOFError, ValueError) as error:
+            raise ValueError(f"{path} is not a CIFAR batch file: {error}") from error
+    if not isinstance(content, dict):
+        raise ValueError(f"{path} is not a CIFAR batch file: it holds a {type(content).__name__}")
     return {
         key.decode() if isinstance(key, bytes) else key: value for key, value in content.items()
     }
