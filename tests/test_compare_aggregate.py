@@ -21,6 +21,7 @@ from softlabel.compare import (
     write_report,
 )
 from softlabel.compare.cli import _aggregate_main
+from softlabel.compare.report import summary_markdown
 
 ACC = {"hard": [0.90, 0.92, 0.97], "ls": [0.95, 0.96]}
 NLL = {"hard": [0.30, 0.20, 0.10], "ls": [0.10, 0.20]}
@@ -203,3 +204,16 @@ def test_runs_key_only_aggregates(runs: Path, tmp_path: Path) -> None:
     report = compare({"out": str(tmp_path / "agg"), "runs": [str(runs)], "name": "only"})
     assert report.summary.read_text().startswith("# only\n")
     assert len(pd.read_csv(report.results)) == 6
+
+
+@pytest.mark.parametrize("headline", ["best", "last"])
+def test_headline_table_comes_first_and_both_are_shown(
+    runs: Path, tmp_path: Path, headline: str
+) -> None:
+    text = summary_markdown(load_runs([runs]), methods=["hard", "ls"], headline=headline)
+    best = text.index("## Validation-selected checkpoint")
+    last = text.index("## Last epoch")
+    assert (best < last) == (headline == "best")
+    first_heading = text[min(best, last) :].splitlines()[0]
+    assert first_heading.endswith("(headline)")
+    assert text.count("(headline)") == 1

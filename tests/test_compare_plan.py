@@ -123,3 +123,28 @@ def test_bad_config_raises(tmp_path: Path, changes: dict, error: type, match: st
 def test_paths_with_special_characters_are_quoted(tmp_path: Path) -> None:
     plan = plan_from_config(config(tmp_path / "a b"))
     assert f"hydra.sweep.dir='{tmp_path}/a b/cmp/runs/hard'" in plan.jobs()[1].argv
+
+
+def test_a_pretrained_entry_can_hand_over_its_last_epoch(tmp_path: Path) -> None:
+    pretrained = {"teacher": {"overrides": ["student=mlp_large"], "checkpoint": "last"}}
+    plan = plan_from_config(config(tmp_path, pretrained=pretrained, headline="last"))
+    kd = next(m for m in plan.methods if m.name == "kd")
+    expected = tmp_path / "cmp" / "pretrained" / "teacher" / "checkpoints" / "last.ckpt"
+    assert plan.checkpoint_overrides(kd) == [f"teacher.checkpoint={expected}"]
+    assert plan.headline == "last"
+
+
+@pytest.mark.parametrize(
+    ("changes", "pattern"),
+    [
+        (
+            {"pretrained": {"teacher": {"overrides": [], "checkpoint": "final"}}},
+            "checkpoint.*final",
+        ),
+        ({"pretrained": {"teacher": {"overrides": [], "epochs": 3}}}, "unknown keys.*epochs"),
+        ({"headline": "test"}, r"headline must be one of \['best', 'last'\]"),
+    ],
+)
+def test_bad_checkpoint_and_headline_choices_are_refused(tmp_path: Path, changes, pattern) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        plan_from_config(config(tmp_path, **changes))

@@ -108,6 +108,7 @@ def compare(config: dict, *, console=None):
         commands=commands,
         n_bins=n_bins,
         notes=[f"**Warning:** {n}" for n in notes],
+        headline=plan.headline,
     )
     failed = [r for r in records if not r.ok]
     console.print(

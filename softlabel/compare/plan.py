@@ -33,6 +33,9 @@ CHECKPOINT_KEYS = {
 }
 RESERVED_PREFIXES = ("seed=", "method=", "hydra.sweep.", "hydra.run.")
 BEST_CHECKPOINT = Path("checkpoints") / "best.ckpt"
+#: The checkpoint of a pretrained run that methods get: validation-selected or last epoch.
+CHECKPOINT_FILES = {"best": BEST_CHECKPOINT, "last": Path("checkpoints") / "last.ckpt"}
+HEADLINES = ("best", "last")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class PretrainedSpec:
     name: str
     overrides: tuple[str, ...]
     seed: int
+    checkpoint: str = "best"  # "best" (validation-selected) or "last" (last epoch)
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class ComparePlan:
     extra_overrides: tuple[str, ...] = ()  # added to method runs only (e.g. save predictions)
     env: tuple[tuple[str, str], ...] = ()  # environment variables set for the training commands
     title: str = "Comparison"
+    headline: str = "best"  # the checkpoint whose table summary.md shows first
 
     def run_dir(self, method: str, seed: int) -> Path:
         return self.out / "runs" / method / f"seed{seed}"
@@ -95,9 +100,10 @@ class ComparePlan:
         return self.out / "pretrained" / name
 
     def checkpoint_overrides(self, method: MethodSpec) -> list[str]:
-        """``key=<out>/pretrained/<name>/checkpoints/best.ckpt`` for each model it uses."""
+        """``key=<out>/pretrained/<name>/checkpoints/<best|last>.ckpt`` for each model it uses."""
+        chosen = {p.name: CHECKPOINT_FILES[p.checkpoint] for p in self.pretrained}
         return [
-            f"{key}={_hydra_value(self.pretrained_dir(name) / BEST_CHECKPOINT)}"
+            f"{key}={_hydra_value(self.pretrained_dir(name) / chosen[name])}"
             for key, name in method.checkpoints
         ]
 
@@ -267,7 +273,9 @@ def plan_from_config(config: Mapping[str, Any]) -> ComparePlan:
 
     Keys: ``out``, ``base`` and ``extra`` (overrides for every run), ``methods`` (name ->
     list of overrides, or ``{overrides, teacher, previous}``), ``seeds``, ``pretrained``
-    (name -> list of overrides, or ``{overrides, seed}``), ``launch``, ``train_command``,
+    (name -> list of overrides, or ``{overrides, seed, checkpoint}`` with checkpoint ``best``
+    or ``last``), ``headline`` (``best`` or ``last``: which checkpoint's table leads
+    ``summary.md``), ``launch``, ``train_command``,
     ``save_predictions`` and ``predictions_override``, ``env`` (environment variables for
     the training commands, e.g. ``OMP_NUM_THREADS``), ``name``.
 
@@ -294,11 +302,26 @@ def plan_from_config(config: Mapping[str, Any]) -> ComparePlan:
     for name, value in (config.get("pretrained") or {}).items():
         _name(name, "pretrained")
         if isinstance(value, Mapping):
+            unknown = set(value) - {"overrides", "seed", "checkpoint"}
+            if unknown:
+                raise ValueError(
+                    f"pretrained {name!r} has unknown keys {sorted(unknown)}; allowed: "
+                    "overrides, seed, checkpoint"
+                )
             seed = value.get("seed", seeds[0])
             if not isinstance(seed, int) or isinstance(seed, bool):
                 raise ValueError(f"pretrained.{name}.seed must be an int, got {seed!r}")
+            checkpoint = value.get("checkpoint", "best")
+            if checkpoint not in CHECKPOINT_FILES:
+                raise ValueError(
+                    f"pretrained.{name}.checkpoint must be one of {sorted(CHECKPOINT_FILES)}, "
+                    f"got {checkpoint!r}"
+                )
             spec = PretrainedSpec(
-                name, _overrides(value.get("overrides", []), f"pretrained.{name}.overrides"), seed
+                name,
+                _overrides(value.get("overrides", []), f"pretrained.{name}.overrides"),
+                seed,
+                checkpoint,
             )
         else:
             spec = PretrainedSpec(name, _overrides(value, f"pretrained.{name}"), seeds[0])
@@ -325,6 +348,9 @@ def plan_from_config(config: Mapping[str, Any]) -> ComparePlan:
     if not isinstance(env_value, Mapping) or not all(isinstance(k, str) for k in env_value):
         raise TypeError(f"env must map variable names to values, got {env_value!r}")
     env = tuple((k, str(v)) for k, v in env_value.items())
+    headline = config.get("headline", "best")
+    if headline not in HEADLINES:
+        raise ValueError(f"headline must be one of {list(HEADLINES)}, got {headline!r}")
     return ComparePlan(
         out=Path(str(config["out"])).resolve(),
         base=base,
@@ -336,4 +362,5 @@ def plan_from_config(config: Mapping[str, Any]) -> ComparePlan:
         extra_overrides=per_method,
         title=str(config.get("title") or config.get("name") or "Comparison"),
         env=env,
+        headline=headline,
     )

@@ -144,8 +144,13 @@ def summary_markdown(
     commands: Sequence[str] = (),
     plots: Mapping[str, str] | None = None,
     notes: Sequence[str] = (),
+    headline: str = "best",
 ) -> str:
-    """The ``summary.md`` text: mean ± std tables, pretrained models, failures, plots."""
+    """The ``summary.md`` text: mean ± std tables, pretrained models, failures, plots.
+
+    ``headline`` ("best" or "last") is the checkpoint whose test table comes first; both
+    tables are always shown.
+    """
     frame = results_frame(records)
     is_method = frame["role"] == "method" if not frame.empty else pd.Series(dtype=bool)
     method_rows = frame[is_method] if not frame.empty else frame
@@ -166,10 +171,15 @@ def summary_markdown(
     out.extend(f"{note}\n" for note in notes)
     if not frame.empty and names:
         sel = f" (monitor: {', '.join(monitor)})" if monitor else ""
-        out.append(f"## Validation-selected checkpoint{sel}\n")
-        out.append(_metrics_table(frame, "best", names, order))
-        out.append("## Last epoch\n")
-        out.append(_metrics_table(frame, "last", names, order))
+        tables = {
+            "best": (f"Validation-selected checkpoint{sel}", "best"),
+            "last": ("Last epoch", "last"),
+        }
+        for key in (headline, *(k for k in tables if k != headline)):
+            heading, which = tables[key]
+            mark = " (headline)" if key == headline else ""
+            out.append(f"## {heading}{mark}\n")
+            out.append(_metrics_table(frame, which, names, order))
         out.append("## Validation metrics of the selected checkpoint\n")
         picks = {m: best_on_validation(frame, f"val/{m}", order) for m in names}
         picks = {m: p for m, p in picks.items() if p}
@@ -213,6 +223,7 @@ def write_report(
     commands: Sequence[str] = (),
     n_bins: int = 15,
     notes: Sequence[str] = (),
+    headline: str = "best",
 ) -> Report:
     """Write ``results.csv``, the plots and ``summary.md`` into ``out_dir``.
 
@@ -264,6 +275,7 @@ def write_report(
         commands=commands,
         plots=rel,
         notes=notes,
+        headline=headline,
     )
     summary = atomic_write_text(out_dir / "summary.md", text)
     return Report(results, summary, plots, notes)
