@@ -102,6 +102,12 @@ def test_cache_for_other_data_or_preprocessing_is_refused(tmp_path, digits_setup
     assert other_split.fingerprint == datamodule.fingerprint
     with pytest.raises(ValueError, match="inputs_fingerprint mismatch"):
         open_for_datamodule(path, other_split)
+    for overrides in (["data.normalize=feature"], ["data.min_std=0.01"]):
+        other_preprocessing = build_datamodule(
+            cache_config(*overrides, "out=x", "teacher.checkpoint=x")
+        )
+        with pytest.raises(ValueError, match="inputs_fingerprint mismatch"):
+            open_for_datamodule(path, other_preprocessing)
     other_data = build_datamodule(cache_config("data=synthetic", "out=x", "teacher.checkpoint=x"))
     with pytest.raises(ValueError, match="fingerprint mismatch: the cache has fingerprint='9"):
         open_for_datamodule(path, other_data)

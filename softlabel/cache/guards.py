@@ -12,12 +12,17 @@ from softlabel.cache.reader import TeacherCache
 def inputs_fingerprint(datamodule: Any) -> str:
     """Hex sha256 of what the teacher's inputs depend on: the data and its preprocessing.
 
-    ``sha256(fingerprint | normalize | split_fingerprint)``; the split enters only when the
-    data module normalises, because the statistics come from the train split.
+    ``sha256(fingerprint | normalization | min_std | split_fingerprint)``; the split enters
+    only when the data module normalises, because the statistics come from the train split.
+    A cache written under one normalisation (per channel, per feature, none) or floor on
+    the standard deviation is refused under another.
     """
-    normalize = bool(getattr(datamodule, "normalize", False))
-    parts = [str(datamodule.fingerprint), f"normalize={normalize}"]
-    if normalize:
+    mode = getattr(datamodule, "normalization", None)
+    if mode is None:  # data modules without the property: normalised or not
+        mode = "feature" if bool(getattr(datamodule, "normalize", False)) else "none"
+    parts = [str(datamodule.fingerprint), f"normalization={mode}"]
+    if mode != "none":
+        parts.append(f"min_std={float(getattr(datamodule, 'min_std', 0.0))!r}")
         parts.append(str(datamodule.split_fingerprint))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
