@@ -156,5 +156,5 @@ def test_stored_predictions_provider(tmp_path):
 def test_bad_method_and_versions(tmp_path):
     with pytest.raises(ValueError, match="methods must be distinct names"):
         run_job(_config([*TINY_CLICKLOG, "method=ls"]), tmp_path)
-    with pytest.raises(ValueError, match="versions must be an int in"):
+    with pytest.raises(ValueError, match=r"versions=3; allowed: 2, since the stream has 2 chunks"):
         run_job(_config([*TINY_CLICKLOG, "loop.stream.num_days=2"]), tmp_path)

@@ -20,6 +20,7 @@ from softlabel.loop.runner import (
     METHODS,
     LoopSettings,
     check_reference_source,
+    check_versions,
     run_method,
     train_first_version,
 )
@@ -89,8 +90,17 @@ def run_job(cfg: DictConfig, output_dir: str | os.PathLike[str]) -> Any:
     bad = [m for m in methods if m not in METHODS]
     if bad or len(set(methods)) != len(methods):
         raise ValueError(f"methods must be distinct names from {METHODS}, got {methods}")
-    if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
+    # Checked before the stream is built (its length may follow versions) and before v1 trains.
+    versions = check_versions(cfg.get("versions"))
+    threads = cfg.get("num_threads")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ValueError(
+            f"num_threads={threads!r}; allowed: null (torch's default) or an integer >= 1"
+        )
+    if threads is not None:
+        torch.set_num_threads(threads)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = settings_from_config(cfg)
@@ -101,6 +111,7 @@ def run_job(cfg: DictConfig, output_dir: str | os.PathLike[str]) -> Any:
         seeded = copy.deepcopy(cfg)
         seeded.seed = seed
         stream = instantiate(seeded.loop.stream)
+        check_versions(versions, len(stream.chunks))
         check_reference_source(stream, settings)
         make_model = model_factory(seeded.loop.model, stream)
         first = train_first_version(
@@ -112,7 +123,7 @@ def run_job(cfg: DictConfig, output_dir: str | os.PathLike[str]) -> Any:
                 make_model,
                 settings,
                 method=method,
-                versions=int(cfg.versions),
+                versions=versions,
                 seed=seed,
                 out_dir=out / f"seed{seed}" / method,
                 first=first,
@@ -129,7 +140,7 @@ def run_job(cfg: DictConfig, output_dir: str | os.PathLike[str]) -> Any:
     info = {
         "methods": methods,
         "seeds": seeds,
-        "versions": int(cfg.versions),
+        "versions": versions,
         "warm_start": bool(cfg.warm_start),
         "reference_from": settings.reference_from,
         "stream": stream.description if stream is not None else "",

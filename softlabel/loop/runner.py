@@ -43,6 +43,7 @@ __all__ = [
     "LoopSettings",
     "Version",
     "check_reference_source",
+    "check_versions",
     "run_method",
     "train_first_version",
 ]
@@ -275,6 +276,30 @@ def check_reference_source(stream: Stream, settings: LoopSettings) -> None:
         )
 
 
+def check_versions(versions: Any, num_chunks: int | None = None) -> int:
+    """``versions`` if it is an int in ``2..num_chunks`` (``num_chunks`` None: not yet
+    known); ValueError naming the value and what is allowed otherwise."""
+    why = (
+        "v1 is trained on chunk 1 with hard labels and the compared method trains v2..vN, "
+        "version t on chunk t"
+    )
+    if isinstance(versions, bool) or not isinstance(versions, int) or versions < 2:
+        upper = "" if num_chunks is None else f" and at most {num_chunks} (the stream's chunks)"
+        raise ValueError(f"versions={versions!r}; allowed: an integer >= 2{upper} ({why})")
+    if num_chunks is not None and versions > num_chunks:
+        if num_chunks < 2:
+            raise ValueError(
+                f"versions={versions}: the stream has {num_chunks} chunk, but the loop needs "
+                f"at least 2 ({why}); use a stream with more chunks (days)"
+            )
+        allowed = "2" if num_chunks == 2 else f"an integer from 2 to {num_chunks}"
+        raise ValueError(
+            f"versions={versions}; allowed: {allowed}, since the stream has {num_chunks} "
+            f"chunks ({why}); use fewer versions or a stream with more chunks"
+        )
+    return versions
+
+
 def _seed_for(seed: int, number: int) -> int:
     return seed * 100_003 + number
 
@@ -333,11 +358,7 @@ def run_method(
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not isinstance(versions, int) or not 2 <= versions <= len(stream.chunks):
-        raise ValueError(
-            f"versions must be an int in [2, {len(stream.chunks)}] (the stream has {len(stream.chunks)} chunks; "
-            f"version t trains on chunk t), got {versions!r}"
-        )
+    check_versions(versions, len(stream.chunks))
     check_reference_source(stream, settings)
     out_dir = Path(out_dir)
     store = PredictionStore(out_dir / "store")

@@ -21,9 +21,17 @@ __all__ = [
     "PreviousModelProvider",
     "ReferenceProvider",
     "StoredPredictions",
+    "model_device",
 ]
 
 TASKS = ("multiclass", "binary")
+
+
+def model_device(model: nn.Module) -> torch.device | None:
+    """The one device holding all of ``model``'s parameters and buffers; None when it has
+    none, or spans several devices (then placement is the model's own business)."""
+    devices = {t.device for t in model.parameters()} | {t.device for t in model.buffers()}
+    return devices.pop() if len(devices) == 1 else None
 
 
 class ReferenceProvider(nn.Module):
@@ -31,6 +39,13 @@ class ReferenceProvider(nn.Module):
 
     #: the reference kind it produces, matched against ``source.reference``
     kind: str = ""
+    #: what the provider is called in messages ("teacher", "previous model")
+    role: str = "reference"
+
+    @property
+    def device(self) -> torch.device | None:
+        """The device of the provider's own model, or None (tables follow the batch)."""
+        return None
 
     def forward(self, x: Tensor, index: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -53,9 +68,22 @@ class FrozenModelProvider(ReferenceProvider):
         self.model.eval()
         return self
 
+    @property
+    def device(self) -> torch.device | None:
+        return model_device(self.model)
+
     @torch.no_grad()
     def logits(self, x: Tensor) -> Tensor:
-        """The frozen model's raw outputs on ``x``."""
+        """The frozen model's raw outputs on ``x``; ValueError if the model sits on another
+        device than the batch."""
+        first = next(iter(self.model.parameters()), None)
+        device = None if first is not None and first.device == x.device else self.device
+        if device is not None and device != x.device:
+            raise ValueError(
+                f"the {self.role} model ({type(self.model).__name__}) is on {device} but the "
+                f"batch is on {x.device}: keep it on the student's device (a provider inside "
+                "SoftLabelModule moves with it; do not move the model inside it separately)"
+            )
         return self.model(x).detach()
 
 
@@ -63,6 +91,7 @@ class LiveTeacher(FrozenModelProvider):
     """Teacher logits computed on the fly: ``teacher(x)``."""
 
     kind = "teacher_logits"
+    role = "teacher"
 
     def forward(self, x: Tensor, index: Tensor) -> Tensor:
         return self.logits(x)
@@ -72,6 +101,7 @@ class PreviousModelProvider(FrozenModelProvider):
     """The previous model's probabilities: ``softmax(f(x))``, or ``sigmoid(f(x))`` if binary."""
 
     kind = "previous_probs"
+    role = "previous model"
 
     def __init__(self, model: nn.Module, task: str = "multiclass") -> None:
         if task not in TASKS:

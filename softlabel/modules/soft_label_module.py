@@ -14,10 +14,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from softlabel.modules.metrics import build_metrics
-from softlabel.modules.references import ReferenceProvider
+from softlabel.modules.references import ReferenceProvider, model_device
 
 __all__ = ["PROVIDER_PREFIX", "SoftLabelModule"]
 
@@ -71,6 +72,16 @@ class SoftLabelModule(L.LightningModule):
                 f"gives {given!r} ({type(reference_provider).__name__}); "
                 "kd needs a teacher, reloop needs a previous model, other targets need neither"
             )
+        student_device = model_device(student) if isinstance(student, nn.Module) else None
+        reference_device = getattr(reference_provider, "device", None)
+        if student_device is not None and reference_device not in (None, student_device):
+            role = getattr(reference_provider, "role", "reference")
+            raise ValueError(
+                f"the {role} model of {type(reference_provider).__name__} is on "
+                f"{reference_device} but the student is on {student_device}: put both on one "
+                f"device before building SoftLabelModule (e.g. .to({str(student_device)!r}) on "
+                "the frozen model); the Trainer then moves them together"
+            )
         self.student = student
         self.loss = loss
         self.reference_provider = reference_provider
@@ -83,6 +94,19 @@ class SoftLabelModule(L.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        # lr_schedulers of the checkpoint a fit resumes from (set by on_load_checkpoint)
+        self._resumed_schedulers: list[dict[str, Any]] | None = None
+
+    def monitor_keys(self) -> list[str]:
+        """The metric names this module logs that a callback can monitor (``val/nll``,
+        ``train/loss``, ...): every metric on ``train/`` and ``val/``, the loss and the
+        target's hyper-parameters."""
+        names = [*self.val_metrics.keys(), *self.train_metrics.keys()]
+        names += ["train/loss", "train/loss_step", "train/loss_epoch"]
+        source = getattr(self.loss, "source", None)
+        if source is not None and callable(getattr(source, "values", None)):
+            names += [f"train/{k}" for k in source.values()]
+        return sorted(set(names))
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
@@ -164,8 +188,10 @@ class SoftLabelModule(L.LightningModule):
         params = [p for p in self.student.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
+            self._check_no_resumed_schedule()
             return optimizer
         scheduler = self.scheduler_factory(optimizer, **self._run_length_arguments())
+        self._check_resumed_schedule(scheduler)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
@@ -193,6 +219,74 @@ class SoftLabelModule(L.LightningModule):
                 f"trainer.max_steps, or set the scheduler's {names[0]} explicitly"
             )
         return {names[0]: int(length)}
+
+    # ---------------------------------------------------------------- resuming
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the checkpoint's scheduler states: ``configure_optimizers`` compares them
+        with the schedule this run configures, before Lightning restores the saved one."""
+        schedulers = checkpoint.get("lr_schedulers")
+        self._resumed_schedulers = list(schedulers) if schedulers is not None else None
+
+    def _resuming_fit(self) -> bool:
+        trainer = self._trainer
+        if trainer is None or trainer.ckpt_path is None:
+            return False
+        return trainer.state.fn == TrainerFn.FITTING
+
+    def _check_no_resumed_schedule(self) -> None:
+        saved = self._resumed_schedulers if self._resuming_fit() else None
+        self._resumed_schedulers = None
+        if saved:
+            raise ValueError(
+                f"cannot resume from ckpt_path={self.trainer.ckpt_path!r}: the checkpoint holds "
+                f"the state of {len(saved)} learning-rate scheduler(s) but this run configures "
+                "none (scheduler=none); resume with the interrupted run's scheduler settings"
+            )
+
+    def _check_resumed_schedule(self, scheduler: Any) -> None:
+        """ValueError when a resumed fit would silently keep a schedule of another length:
+        Lightning restores the saved state (``T_max`` included) over the new one."""
+        saved_all = self._resumed_schedulers if self._resuming_fit() else None
+        self._resumed_schedulers = None
+        if saved_all is None:
+            return
+        ckpt = self.trainer.ckpt_path
+        if len(saved_all) != 1:
+            raise ValueError(
+                f"cannot resume from ckpt_path={ckpt!r}: the checkpoint holds "
+                f"{len(saved_all)} learning-rate scheduler states but this run configures 1 "
+                f"({type(scheduler).__name__}); resume with the interrupted run's scheduler settings"
+            )
+        saved = saved_all[0]
+        for name in _LENGTH_ARGUMENTS:
+            if name not in saved or not hasattr(scheduler, name):
+                continue
+            old, new = saved[name], getattr(scheduler, name)
+            if old == new:
+                continue
+            unit = "optimizer steps" if self.scheduler_interval == "step" else "epochs"
+            raise ValueError(
+                f"cannot resume from ckpt_path={ckpt!r}: the checkpoint's "
+                f"{type(scheduler).__name__} has {name}={old} ({unit}), but this run's length "
+                f"gives {name}={new} (trainer.max_epochs={self.trainer.max_epochs}, "
+                f"trainer.max_steps={self.trainer.max_steps}). Lightning would restore "
+                f"{name}={old}, so the learning rate would not follow this run's schedule "
+                f"(a cosine schedule climbs back up after {old} {unit}). "
+                f"{self._resume_hint(old, new)}"
+            )
+
+    def _resume_hint(self, old: int, new: int) -> str:
+        trainer = self.trainer
+        same = "To continue the interrupted run, pass its settings again"
+        if self.scheduler_interval == "epoch":
+            same += f" (trainer.max_epochs={old})"
+        elif trainer.max_steps == -1 and trainer.max_epochs and trainer.max_epochs > 0:
+            per_epoch, rest = divmod(int(new), int(trainer.max_epochs))
+            if not rest and per_epoch and old % per_epoch == 0:
+                same += f" (trainer.max_epochs={old // per_epoch} at {per_epoch} steps per epoch)"
+        else:
+            same += " (trainer.max_epochs / max_steps, batch size, limit_train_batches)"
+        return f"{same}; to train for a different length, start a new run (no ckpt_path)."
 
     # ------------------------------------------------- frozen models stay out of checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
