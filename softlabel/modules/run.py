@@ -200,10 +200,14 @@ def _check_run_length(cfg: DictConfig) -> None:
 def _smallest_subset(datamodule: Any, need: int) -> int | None:
     """The smallest ``data.subset`` giving every split at least ``need`` samples, for a
     source without an official test split (None otherwise or if there is none)."""
-    source = datamodule.source
-    if getattr(source, "test_index", None) is not None:
+    source = getattr(datamodule, "source", None)
+    fractions = (
+        getattr(datamodule, "val_fraction", None),
+        getattr(datamodule, "test_fraction", None),
+    )
+    if source is None or getattr(source, "test_index", None) is not None or None in fractions:
         return None
-    val, test = float(datamodule.val_fraction), float(datamodule.test_fraction)
+    val, test = float(fractions[0]), float(fractions[1])
     for n in range(1, len(source) + 1):
         n_test, n_val = round(test * n), round(val * n)
         if min(n_test, n_val, n - n_test - n_val) >= need:
@@ -230,9 +234,10 @@ def _check_splits(cfg: DictConfig, datamodule: Any) -> None:
     subset = (cfg.get("data") or {}).get("subset")
     if subset is not None:
         smallest = _smallest_subset(datamodule, need)
-        total = len(datamodule.source)
         allowed = f"an integer >= {smallest}" if smallest else "a larger integer"
-        message += f"; data.subset={subset!r} is too small: allowed: null (all {total} samples) or {allowed}"
+        total = len(datamodule.source) if hasattr(datamodule, "source") else None
+        every = f"all {total} samples" if total else "all samples"
+        message += f"; data.subset={subset!r} is too small: allowed: null ({every}) or {allowed}"
     else:
         message += "; use a larger dataset or other data.val_fraction / data.test_fraction"
     raise ValueError(message)
