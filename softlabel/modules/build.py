@@ -90,12 +90,12 @@ def _frozen_model(
             f"{role}.checkpoint is not set: give {role}.checkpoint=PATH to a trained {role}"
         )
     path = absolute_path(checkpoint)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):  # a directory or bad file: load_weights says what it is
         raise FileNotFoundError(
             f"{role} checkpoint not found: {path!r} (from {role}.checkpoint={checkpoint!r})"
         )
     model = build_model(model_cfg, datamodule)
-    load_weights(model, path, role=role)
+    load_weights(model, path, role=role, trust_checkpoint=node.get("trust_checkpoint", False))
     check_output_dim(model, datamodule.input_shape, output_dim(datamodule), role=role)
     return model, path
 
@@ -135,7 +135,10 @@ def build_reference_provider(
             )
         cache_dir = absolute_path(teacher.cache)
         cache = open_for_datamodule(
-            cache_dir, datamodule, allow_augmentation=bool(teacher.get("allow_augmentation", False))
+            cache_dir,
+            datamodule,
+            allow_augmentation=bool(teacher.get("allow_augmentation", False)),
+            verify=teacher.get("verify", "lazy"),
         )
         return CachedTeacher(cache), {
             "teacher_cache": cache_dir,

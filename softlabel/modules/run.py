@@ -467,7 +467,7 @@ def _train(
     best: dict[str, Any] | None = None
     best_path = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
     if best_path and os.path.isfile(best_path):
-        epoch = torch.load(best_path, map_location="cpu", weights_only=False).get("epoch")
+        epoch = torch.load(best_path, map_location="cpu", weights_only=True).get("epoch")
         best = {"epoch": epoch, **_evaluate(trainer, module, datamodule, best_path)}
 
     method = cfg.get("method") or _choice("target", str(getattr(source, "name", "")))
