@@ -3,7 +3,7 @@
 # of softlabel-train, then aggregate and pick on validation.
 #   bash recipes/smoothing_sweep/run.sh            (from the repository root)
 set -euo pipefail
-OUT=${OUT:-compare/smoothing_sweep}
+OUT=${OUT:-compare/smoothing_sweep_grid}  # recipe.yaml writes compare/smoothing_sweep
 PYTHON=${PYTHON:-python}
 TRAIN=("$PYTHON" -m softlabel.train)
 BASE=(data=digits student=mlp_small trainer.max_epochs=15 optimizer.lr=0.01)
