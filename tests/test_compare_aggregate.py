@@ -217,3 +217,17 @@ def test_headline_table_comes_first_and_both_are_shown(
     first_heading = text[min(best, last) :].splitlines()[0]
     assert first_heading.endswith("(headline)")
     assert text.count("(headline)") == 1
+
+
+def test_pretrained_table_shows_the_selected_and_the_last_checkpoint(tmp_path: Path) -> None:
+    """Regression: only the selected checkpoint's metrics were shown, also when the methods
+    were given the last epoch."""
+    from softlabel.compare.runs import read_run
+
+    make_run(tmp_path / "teacher", "teacher", 0, 0.9733, 0.1)
+    make_run(tmp_path / "hard", "hard", 0, 0.95, 0.2)
+    records = [read_run(tmp_path / "teacher", role="pretrained"), read_run(tmp_path / "hard")]
+    text = summary_markdown(records, methods=["hard"])
+    table = text[text.index("## Pretrained models") :]
+    assert "test acc (selected) | test acc (last)" in table
+    assert "| 0.9733 | 0.9533 |" in table  # best test/acc = acc, last = acc - 0.02

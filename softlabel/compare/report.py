@@ -100,13 +100,22 @@ def best_on_validation(frame: pd.DataFrame, monitor: str, methods: Sequence[str]
 def _pretrained_table(
     frame: pd.DataFrame, metrics: Sequence[str], uses: Mapping[str, Sequence[str]]
 ) -> str:
+    """Test metrics of each pretrained model at both checkpoints (validation-selected and
+    last epoch): the methods get the one their ``uses`` line names (``best.ckpt`` or
+    ``last.ckpt``)."""
     rows = frame[frame["role"] == "pretrained"]
-    columns = [f"best/test/{m}" for m in metrics if f"best/test/{m}" in frame.columns]
+    columns = [
+        f"{which}/test/{m}"
+        for m in metrics
+        for which in ("best", "last")
+        if f"{which}/test/{m}" in frame.columns
+    ]
+    labels = {"best": "selected", "last": "last"}
     header = [
         "name",
         "status",
         "selected on",
-        *[c.split("/", 1)[1] for c in columns],
+        *[f"test {c.split('/')[2]} ({labels[c.split('/')[0]]})" for c in columns],
         "run directory",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
