@@ -124,11 +124,7 @@ def check_logits(name: str, logits: Any) -> Tensor:
 
 def _position(flat_index: int, shape: torch.Size) -> tuple[int, ...]:
     """The multi-index of ``flat_index`` in a tensor of ``shape``."""
-    position = []
-    for size in reversed(shape):
-        position.append(flat_index % size)
-        flat_index //= size
-    return tuple(reversed(position))
+    return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat_index), shape))
 
 
 def check_finite(name: str, values: Tensor) -> None:
