@@ -8,26 +8,18 @@ import zipfile
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from train_configs import QUICK, compose_train
 
 from softlabel.models import MLP
 from softlabel.modules import check_output_dim, file_sha256, load_weights
 from softlabel.modules.build import build_datamodule, build_model, build_reference_provider
-from softlabel.train import CONF_DIR, train
+from softlabel.train import train
 
-FAST = [
-    "data.subset=200",
-    "student.hidden=[16]",
-    "callbacks.progress_bar.refresh_rate=0",
-    "trainer.enable_model_summary=false",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.max_epochs=2",
-]
+FAST = [*QUICK, "trainer.max_epochs=2"]
 
 
 def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=[*FAST, *overrides])
+    return compose_train(*FAST, *overrides)
 
 
 def test_load_plain_and_lightning_state_dicts(tmp_path):

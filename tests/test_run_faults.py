@@ -13,29 +13,22 @@ import time
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from torch import nn
+from train_configs import QUICK as BASE_QUICK
+from train_configs import compose_train
 
 from softlabel import SoftTargetLoss
 from softlabel.modules import LiveTeacher, PreviousModelProvider, SoftLabelModule
 from softlabel.modules.rundir import LOCK_FILE, RunDirectoryBusyError, RunLock, _process_start
 from softlabel.targets import PreviousModel, Teacher
-from softlabel.train import CONF_DIR, train
+from softlabel.train import train
 
-QUICK = [
-    "data.subset=200",
-    "student.hidden=[16]",
-    "callbacks.progress_bar.refresh_rate=0",
-    "trainer.enable_model_summary=false",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.log_every_n_steps=1",
-]
+QUICK = [*BASE_QUICK, "trainer.log_every_n_steps=1"]
 
 
 def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=[*QUICK, *overrides])
+    return compose_train(*QUICK, *overrides)
 
 
 def _files(directory) -> dict[str, bytes]:

@@ -9,25 +9,16 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from train_configs import QUICK, compose_train
 
 from softlabel.models import build_model
 from softlabel.train import CONF_DIR, train
 
 REPO = os.path.dirname(CONF_DIR)
-QUICK = [
-    "data.subset=200",
-    "student.hidden=[16]",
-    "callbacks.progress_bar.refresh_rate=0",
-    "trainer.enable_model_summary=false",
-    "trainer.num_sanity_val_steps=0",
-]
 DEV = [*QUICK, "trainer.fast_dev_run=2"]
 
 
-def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+_compose = compose_train
 
 
 def _save_model(cfg_node, path, num_classes: int = 10) -> str:
