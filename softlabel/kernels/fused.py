@@ -39,7 +39,8 @@ CHUNK_BYTES = {"cpu": 32 << 20, "cuda": 256 << 20}
 DEFAULT_CHUNK_BYTES = 256 << 20
 
 #: (chunk_rows, K) arrays a chunk touches per mode: logits and gradient, plus teacher and two
-#: work buffers for distillation.
+#: work buffers for distillation. ``_arrays(spec)`` refines this per call (one more work
+#: buffer for a prior matrix or the JSD).
 _ARRAYS_PER_MODE = {"hard": 2, "ls": 2, "reloop": 2, "kd": 5}
 
 
@@ -68,11 +69,31 @@ def default_chunk_rows(
     dtype: torch.dtype = torch.float32,
     mode: str = "ls",
     device: torch.device | str = "cpu",
+    arrays: int | None = None,
 ) -> int:
-    """Rows per chunk so the chunk's arrays hold about ``CHUNK_BYTES[device type]`` (>= 1 row)."""
+    """Rows per chunk so the chunk's arrays hold about ``CHUNK_BYTES[device type]`` (>= 1 row).
+
+    ``arrays``: the (chunk_rows, K) arrays one chunk touches (default: the mode's count).
+    """
     itemsize = 8 if dtype == torch.float64 else 4
     budget = CHUNK_BYTES.get(torch.device(device).type, DEFAULT_CHUNK_BYTES)
-    return max(1, budget // (_ARRAYS_PER_MODE[mode] * num_classes * itemsize))
+    arrays = _ARRAYS_PER_MODE[mode] if arrays is None else arrays
+    return max(1, budget // (arrays * num_classes * itemsize))
+
+
+def _work_buffers(spec: LossSpec) -> int:
+    """(chunk_rows, K) work buffers one chunk of ``spec`` needs besides the gradient slice."""
+    if spec.mode == "kd":
+        return 2
+    if spec.mode == "ls" and spec.prior is not None and spec.prior.dim() == 2:
+        return 1
+    return 0
+
+
+def _arrays(spec: LossSpec) -> int:
+    """(chunk_rows, K) arrays one chunk touches: logits (and teacher), gradient, work buffers."""
+    inputs = 2 if spec.teacher is not None else 1
+    return inputs + 1 + _work_buffers(spec)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -97,17 +118,16 @@ def _forward(
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if need_grad else None
     if n == 0:
         return loss, grad
-    rows = min(n, spec.chunk_rows or default_chunk_rows(k, cd, spec.mode, logits.device))
+    rows = spec.chunk_rows or default_chunk_rows(k, cd, spec.mode, logits.device, _arrays(spec))
+    rows = min(n, rows)
     grad_in_place = grad is not None and grad.dtype == cd
     work_g = None if grad_in_place else logits.new_empty((rows, k), dtype=cd)
-    work_a = work_b = None
-    if spec.mode == "kd":
-        work_a = logits.new_empty((rows, k), dtype=cd)
-        work_b = logits.new_empty((rows, k), dtype=cd)
+    work = [logits.new_empty((rows, k), dtype=cd) for _ in range(_work_buffers(spec))]
+    work_a, work_b = (work + [None, None])[:2]
     prior_eps = prior_sum = None
     if spec.mode == "ls" and spec.prior is not None:
         prior_eps = spec.prior.to(cd) * spec.eps
-        prior_sum = float(spec.prior.to(cd).sum())
+        prior_sum = float(spec.prior.to(cd).sum()) if spec.prior.dim() == 1 else None
     if labels is not None:
         labels = labels.unsqueeze(1)
     if valid is not None and bool(valid.all()):
@@ -150,11 +170,20 @@ def _check_probability_rows(q_min: Tensor, q_sum: Tensor) -> None:
         )
 
 
-def _chunk_loss(s, y, q, g, spec, a, b, work_a, work_b, prior_eps, prior_sum) -> Tensor:
-    """Dispatch one chunk to its mode's math in ``_chunk_math`` (``q``: probability targets)."""
+def _chunk_loss(
+    s, y, q, g, spec, a, b, work_a, work_b, prior_eps, prior_sum, teacher_rows=None
+) -> Tensor:
+    """Dispatch one chunk to its mode's math in ``_chunk_math`` (``q``: probability targets).
+
+    ``teacher_rows``: the chunk's teacher logits when the caller makes them chunk by chunk
+    (the linear-head loss); None reads ``spec.teacher[a:b]``.
+    """
+    t = spec.teacher[a:b] if teacher_rows is None and spec.teacher is not None else teacher_rows
     if spec.mode == "hard" or (spec.mode == "kd" and spec.alpha == 0.0):
         return _chunk_math.ce_ls_chunk(s, y, g, 0.0, None, 1.0, q)
     if spec.mode == "ls":
+        if prior_eps is not None and prior_eps.dim() == 2:  # class-conditional prior matrix
+            return _chunk_math.ce_prior_matrix_chunk(s, y, g, spec.eps, prior_eps, work_a[: b - a], q)
         prior_sum = 1.0 if prior_sum is None else prior_sum
         return _chunk_math.ce_ls_chunk(s, y, g, spec.eps, prior_eps, prior_sum, q)
     if spec.mode == "reloop":
@@ -165,7 +194,7 @@ def _chunk_loss(s, y, q, g, spec, a, b, work_a, work_b, prior_eps, prior_sum) ->
         return _chunk_math.reloop_chunk(s, y, g, spec.alpha, prev_y.to(g.dtype))
     rows = b - a
     return _chunk_math.kd_chunk(
-        s, y, g, spec.teacher[a:b], work_a[:rows], work_b[:rows], spec.temperature, spec.alpha, q
+        s, y, g, t, work_a[:rows], work_b[:rows], spec.temperature, spec.alpha, q
     )
 
 
@@ -228,8 +257,9 @@ def fused_soft_target_loss(
     Modes (CE = lse(s) - s_y, p = softmax(s); ignored rows give loss 0 and gradient 0):
 
     - ``"hard"``: CE.
-    - ``"ls"``: (1 - eps) CE + eps H(u, p), H(u, p) = -sum_k u_k log p_k; u = ``prior`` (K,)
-      or uniform 1/K when ``prior`` is None.
+    - ``"ls"``: (1 - eps) CE + eps H(u, p), H(u, p) = -sum_k u_k log p_k; u = ``prior`` (K,),
+      row y of a class-conditional ``prior`` matrix (K, K), or uniform 1/K when ``prior`` is
+      None.
     - ``"kd"``: (1 - alpha) CE + alpha T^2 KL(softmax(teacher/T) || softmax(s/T)); ``target``
       may be None when alpha = 1. The teacher gets no gradient.
     - ``"reloop"``: (1 - alpha) CE + alpha max(0, q_y - p_y), ``previous`` = q as (N, K)
