@@ -26,6 +26,16 @@ kv = dict(a.lstrip("+").split("=", 1) for a in args[1:])
 overrides = [a for a in args[1:] if not a.startswith("hydra.")]
 seeds = [int(s) for s in kv["seed"].split(",")]
 failed = []
+if "barrier" in kv:  # wait (up to 60 s) until this many commands have started
+    import time
+    marks = Path(os.environ["FAKE_TRAIN_CALLS"]).parent / "started"
+    marks.mkdir(exist_ok=True)
+    (marks / f"{kv['method']}_{kv['seed']}").touch()
+    deadline = time.monotonic() + 60
+    while len(list(marks.iterdir())) < int(kv["barrier"]):
+        if time.monotonic() > deadline:
+            sys.exit("barrier not reached: the commands did not run at the same time")
+        time.sleep(0.05)
 for seed in seeds:
     run = Path(kv["hydra.sweep.dir"]) / kv["hydra.sweep.subdir"].replace("${seed}", str(seed))
     (run / ".hydra").mkdir(parents=True, exist_ok=True)
@@ -148,3 +158,31 @@ def test_env_reaches_the_training_command(tmp_path: Path, fake_train: list[str])
         env={"FAKE_TRAIN_CALLS": str(elsewhere)},
     )
     assert calls(tmp_path) == [] and elsewhere.read_text() == "hard 0\n"
+
+
+def test_jobs_run_commands_at_the_same_time(tmp_path: Path, fake_train: list[str]) -> None:
+    # each command waits until 2 commands have started: serial launching would fail them
+    report = run(
+        tmp_path,
+        fake_train,
+        methods={"a": ["+barrier=2"], "b": ["+barrier=2"]},
+        pretrained={},
+        seeds=[0],
+        jobs=2,
+    )
+    assert pd.read_csv(report.results)["status"].tolist() == ["ok", "ok"]
+
+
+def test_jobs_wait_for_the_pretrained_model(tmp_path: Path, fake_train: list[str]) -> None:
+    # kd fails in the stand-in when its teacher checkpoint does not exist yet
+    report = run(tmp_path, fake_train, launch="per_run", jobs=4)
+    table = pd.read_csv(report.results)
+    assert table.loc[table["method"] == "kd", "status"].tolist() == ["ok"] * 3
+    assert calls(tmp_path)[0] == "teacher 0"
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 1.5, True, "2"])
+def test_bad_jobs_is_refused(tmp_path: Path, fake_train: list[str], jobs) -> None:
+    with pytest.raises(ValueError, match=r"jobs must be an int >= 1, got"):
+        run(tmp_path, fake_train, jobs=jobs)
+    assert calls(tmp_path) == []

@@ -96,6 +96,7 @@ def compare(config: dict, *, console=None):
         progress=bool(config.get("progress", True)),
         log_tail_lines=int(config.get("log_tail_lines", 40)),
         console=console,
+        jobs=config.get("jobs", 1),
     )
     uses = {m.name: plan.checkpoint_overrides(m) for m in plan.methods if m.checkpoints}
     report = write_report(

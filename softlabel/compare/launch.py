@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ._io import tail_lines
@@ -69,30 +70,35 @@ def pending_seeds(plan: ComparePlan) -> tuple[dict[str, list[int]], list[str]]:
     return todo, warnings
 
 
-def _launch(
-    job: Job, log_path: Path, on_poll: Callable[[], None], env: dict[str, str] | None = None
-) -> int:
-    """Run ``job.argv``, its stdout and stderr into ``log_path``; call ``on_poll`` meanwhile."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    with open(log_path, "w", encoding="utf-8") as log:
-        log.write(f"$ {shlex.join(job.argv)}\n")
-        log.flush()
-        process = subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+class _Running:
+    """One launched command: its process and open log file."""
+
+    def __init__(self, job: Job, log_path: Path, env: dict[str, str] | None) -> None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.job, self.log_path = job, log_path
+        env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 (closed in finish)
+        self.log.write(f"$ {shlex.join(job.argv)}\n")
+        self.log.flush()
         try:
-            while True:
-                on_poll()
-                try:
-                    process.wait(timeout=POLL_SECONDS)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            self.process = subprocess.Popen(
+                job.argv, stdout=self.log, stderr=subprocess.STDOUT, env=env
+            )
         except BaseException:
-            process.terminate()
-            process.wait()
+            self.log.close()
             raise
-    on_poll()
-    return process.returncode
+
+    def poll(self) -> int | None:
+        code = self.process.poll()
+        if code is not None:
+            self.log.close()
+        return code
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait()
+        self.log.close()
 
 
 def _record(
@@ -118,8 +124,12 @@ def run_plan(
     progress: bool = True,
     log_tail_lines: int = 40,
     console=None,
+    jobs: int = 1,
 ) -> tuple[list[RunRecord], list[str]]:
     """Launch every unfinished run of ``plan`` (pretrained models first) and collect all runs.
+
+    Up to ``jobs`` commands run at once (each a training command of ``plan``); a method
+    starts once the pretrained models it needs have finished.
 
     A run whose command fails is recorded as failed with the tail of its command's log;
     the other runs go on. Methods whose pretrained model failed are not launched.
@@ -128,6 +138,8 @@ def run_plan(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
     console = console or Console(stderr=True)
     todo, notes = pending_seeds(plan)
     for note in notes:
@@ -153,22 +165,54 @@ def run_plan(
                 bar.update(tasks[name], completed=sum(read_metrics(d) is not None for d in dirs))
 
         refresh()
-        for job in plan.jobs(todo):
-            missing = [n for n in job.needs if n in failed_pretrained]
-            if missing:
-                reasons[job.name] = f"not run: pretrained model(s) {missing} failed"
-                console.print(f"[red]skipped[/] {job.log_name}: {reasons[job.name]}")
-                continue
-            log_path = plan.out / "logs" / f"{job.log_name}.log"
-            logs.update({(job.name, seed): log_path for seed in job.run_dirs})
-            code = _launch(job, log_path, refresh, dict(plan.env))
+        waiting = plan.jobs(todo)  # pretrained jobs first: methods wait for what they need
+        running: list[_Running] = []
+        pending_pretrained = {j.name for j in waiting if j.role == "pretrained"}
+
+        def finish(item: _Running, code: int) -> None:
+            job = item.job
             unfinished = [s for s, d in job.run_dirs.items() if read_metrics(d) is None]
-            if job.role == "pretrained" and unfinished:
-                failed_pretrained.add(job.name)
+            if job.role == "pretrained":
+                pending_pretrained.discard(job.name)
+                if unfinished:
+                    failed_pretrained.add(job.name)
             status = "[green]ok[/]" if not unfinished else f"[red]failed seeds {unfinished}[/]"
             console.print(
-                f"{job.log_name}: {status} (exit code {code}, log {log_path})", soft_wrap=True
+                f"{job.log_name}: {status} (exit code {code}, log {item.log_path})",
+                soft_wrap=True,
             )
+
+        try:
+            while waiting or running:
+                for job in list(waiting):
+                    if len(running) >= jobs:
+                        break
+                    missing = [n for n in job.needs if n in failed_pretrained]
+                    if missing:
+                        waiting.remove(job)
+                        reasons[job.name] = f"not run: pretrained model(s) {missing} failed"
+                        console.print(f"[red]skipped[/] {job.log_name}: {reasons[job.name]}")
+                        continue
+                    if any(n in pending_pretrained for n in job.needs):
+                        continue  # its teacher / previous model is still training
+                    waiting.remove(job)
+                    log_path = plan.out / "logs" / f"{job.log_name}.log"
+                    logs.update({(job.name, seed): log_path for seed in job.run_dirs})
+                    running.append(_Running(job, log_path, dict(plan.env)))
+                refresh()
+                if not running:
+                    continue  # everything left was skipped
+                time.sleep(POLL_SECONDS)
+                for item in list(running):
+                    code = item.poll()
+                    if code is not None:
+                        running.remove(item)
+                        finish(item, code)
+                refresh()
+        except BaseException:
+            for item in running:
+                item.stop()
+            raise
     records = [
         _record(
             run_dir,
