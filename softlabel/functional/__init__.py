@@ -5,14 +5,20 @@ per-class ``weight`` (sample i's loss times ``weight[y_i]``; ``mean`` divides by
 Half-precision inputs are computed (and returned) in float32.
 """
 
+from softlabel.functional.adaptive_smoothing import margin_smoothing_loss
 from softlabel.functional.cross_entropy import cross_entropy_loss
+from softlabel.functional.dist import dist_loss
 from softlabel.functional.distillation import distillation_loss
 from softlabel.functional.self_correction import self_correction_loss
 from softlabel.functional.smoothing import label_smoothing_loss
+from softlabel.functional.virtual_teacher import virtual_teacher_loss
 
 __all__ = [
     "cross_entropy_loss",
     "label_smoothing_loss",
     "distillation_loss",
     "self_correction_loss",
+    "virtual_teacher_loss",
+    "margin_smoothing_loss",
+    "dist_loss",
 ]

@@ -2,9 +2,22 @@
 ``loss = (1 - w) * hard_CE + w * soft_term`` and holds its hyper-parameters as schedules."""
 
 from softlabel.targets._base import TargetSource
+from softlabel.targets.adaptive_smoothing import MarginSmoothing
+from softlabel.targets.dist import DIST
 from softlabel.targets.hard import Hard
 from softlabel.targets.previous_model import PreviousModel
 from softlabel.targets.smoothing import ClassPrior, UniformPrior
 from softlabel.targets.teacher import Teacher
+from softlabel.targets.virtual_teacher import VirtualTeacher
 
-__all__ = ["TargetSource", "Hard", "UniformPrior", "ClassPrior", "Teacher", "PreviousModel"]
+__all__ = [
+    "TargetSource",
+    "Hard",
+    "UniformPrior",
+    "ClassPrior",
+    "Teacher",
+    "PreviousModel",
+    "VirtualTeacher",
+    "MarginSmoothing",
+    "DIST",
+]

@@ -38,6 +38,9 @@ class TargetSource:
 
     name: ClassVar[str] = "source"
     reference: ClassVar[str | None] = None
+    #: Checks of this source's own hyper-parameters (name -> check returning the float),
+    #: consulted before the shared ones (smoothing, alpha, temperature).
+    checks: ClassVar[Mapping[str, Callable[[Any], float]]] = {}
 
     def __init__(self, **hyper_parameters: HyperParameter) -> None:
         self._schedules: dict[str, Schedule] = {}
@@ -48,11 +51,12 @@ class TargetSource:
             self._schedules[key] = schedule
         self._progress = 0.0
 
-    @staticmethod
-    def _checked(key: str, schedule: Schedule, progress: float) -> float:
+    @classmethod
+    def _checked(cls, key: str, schedule: Schedule, progress: float) -> float:
         value = schedule(progress)
+        check = cls.checks.get(key) or _CHECKS[key]
         try:
-            return _CHECKS[key](value)
+            return check(value)
         except ValueError as error:
             raise ValueError(f"{error} (from {schedule!r} at progress {progress})") from None
 
@@ -75,6 +79,15 @@ class TargetSource:
     def values(self) -> dict[str, float]:
         """The hyper-parameters in force, e.g. ``{"smoothing": 0.08}``."""
         return {key: self._value(key) for key in self._schedules}
+
+    def on_train_batch_end(self, logits: Tensor, target: Tensor) -> None:
+        """Hook called after each training step with the batch's detached logits and target
+        (statistics a source keeps across steps); does nothing by default."""
+
+    def on_train_epoch_end(self, reduce_sum: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Hook called once per training epoch, on every rank, after its last batch.
+        ``reduce_sum(t)`` returns ``t`` summed over the ranks (None: one process, or
+        ``torch.distributed`` when initialised). Does nothing by default."""
 
     def loss(
         self,
