@@ -33,18 +33,22 @@ class _StorageRecorder(TorchDispatchMode):
         return out
 
 
-def _public_calls(s, y, t, prev):
+def _public_calls(s, y, t, prev, matrix):
     return {
         "ce": lambda: SF.cross_entropy_loss(s, y),
         "ls": lambda: SF.label_smoothing_loss(s, y, 0.1),
         "ls_prior": lambda: SF.label_smoothing_loss(s, y, 0.1, prior=torch.full((K,), 1.0 / K)),
+        "ls_matrix": lambda: SF.label_smoothing_loss(s, y, 0.1, prior=matrix),
         "kd": lambda: SF.distillation_loss(s, t, y, 4.0, 0.9),
         "reloop": lambda: SF.self_correction_loss(s, y, prev, 0.5),
         "module_kd": lambda: SoftTargetLoss(Teacher(4.0, 0.9))(s, y, t),
     }
 
 
-@pytest.mark.parametrize("name", ["ce", "ls", "ls_prior", "kd", "reloop", "module_kd"])
+PUBLIC_CALLS = ["ce", "ls", "ls_prior", "ls_matrix", "kd", "reloop", "module_kd"]
+
+
+@pytest.mark.parametrize("name", PUBLIC_CALLS)
 def test_public_forward_allocates_no_full_size_temporary(name, monkeypatch):
     """Forward + backward of an fp32 public call allocates one (N, K) array: the gradient."""
     monkeypatch.setitem(fused_kernel.CHUNK_BYTES, "cpu", 2 << 10)  # several chunks
@@ -54,10 +58,11 @@ def test_public_forward_allocates_no_full_size_temporary(name, monkeypatch):
     prev = torch.softmax(torch.randn(N, K, generator=gen), -1)
     y = torch.randint(0, K, (N,), generator=gen)
     y[::7] = -100
-    inputs = {x.untyped_storage().data_ptr() for x in (s, t, prev, y)}
+    matrix = torch.softmax(torch.randn(K, K, generator=gen), -1)  # (K, K): an input here
+    inputs = {x.untyped_storage().data_ptr() for x in (s, t, prev, y, matrix)}
     recorder = _StorageRecorder()
     with recorder:
-        loss = _public_calls(s, y, t, prev)[name]()
+        loss = _public_calls(s, y, t, prev, matrix)[name]()
         loss.backward()
     full = N * K * 4
     big = [p for p, size in recorder.storages.items() if size >= full // 4 and p not in inputs]

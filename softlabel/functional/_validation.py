@@ -324,27 +324,50 @@ def prepare(
 
 
 def check_prior(prior: Any, num_classes: int, like: Tensor) -> Tensor:
-    """A probability vector of length K (2 for binary: P(y=0), P(y=1)) in the compute dtype of
-    ``like`` (on its device)."""
+    """A probability vector of length K (2 for binary: P(y=0), P(y=1)), or a class-conditional
+    matrix (K, K) whose row y is the smoothing distribution of class y (every row on the
+    simplex), in the compute dtype of ``like`` (on its device). Cost: O(K^2) at most, once."""
     if not isinstance(prior, Tensor):
         if isinstance(prior, Sequence) and not isinstance(prior, str):
-            prior = torch.tensor([float(p) for p in prior], dtype=torch.float64)
+            try:
+                prior = torch.tensor(prior, dtype=torch.float64)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"prior must be a tensor or a (nested) sequence of numbers, got {prior!r}"
+                ) from None
         else:
-            raise TypeError(f"prior must be a 1-D tensor or sequence, got {type(prior).__name__}")
-    if prior.dim() != 1 or prior.shape[0] != num_classes:
+            raise TypeError(
+                f"prior must be a 1-D or 2-D tensor or sequence, got {type(prior).__name__}"
+            )
+    k = num_classes
+    if tuple(prior.shape) not in ((k,), (k, k)):
         raise ValueError(
-            f"prior must be a probability vector of length {num_classes} (the number of "
-            f"classes), got shape {tuple(prior.shape)}"
+            f"prior must be a probability vector of length {k} (the number of classes) or a "
+            f"({k}, {k}) matrix whose row y is the smoothing distribution of class y, got "
+            f"shape {tuple(prior.shape)}"
         )
-    check = prior.detach().to(torch.float64)
-    if not (torch.isfinite(check) & (check >= 0)).all() or abs(check.sum().item() - 1.0) > (
-        PRIOR_TOLERANCE
-    ):
-        raise ValueError(
-            f"prior must be non-negative and sum to 1 (within {PRIOR_TOLERANCE}), got "
-            f"{check.tolist()}"
-        )
-    return prior.detach().to(device=like.device, dtype=compute_dtype(like))
+    prior = prior.detach()
+    if prior.dim() == 1:
+        check = prior.to(torch.float64)
+        if not (torch.isfinite(check) & (check >= 0)).all() or abs(check.sum().item() - 1.0) > (
+            PRIOR_TOLERANCE
+        ):
+            raise ValueError(
+                f"prior must be non-negative and sum to 1 (within {PRIOR_TOLERANCE}), got "
+                f"{check.tolist()}"
+            )
+    else:  # row minima and sums only (NaN fails the minimum, inf the sum): no K x K copies
+        row_min = prior.amin(dim=1)
+        row_sum = prior.sum(dim=1, dtype=torch.float64)
+        bad = ~((row_min >= 0) & ((row_sum - 1.0).abs() <= PRIOR_TOLERANCE))
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0])
+            raise ValueError(
+                f"prior matrix rows must be non-negative and sum to 1 (within "
+                f"{PRIOR_TOLERANCE}); row {row} (class {row}'s smoothing distribution) is "
+                f"{prior[row].tolist()} with sum {row_sum[row].item():.6g}"
+            )
+    return prior.to(device=like.device, dtype=compute_dtype(like))
 
 
 def check_teacher(teacher_logits: Any, student_logits: Tensor, binary: bool = False) -> Tensor:

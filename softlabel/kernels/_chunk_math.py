@@ -92,6 +92,46 @@ def ce_ls_chunk(
     return loss
 
 
+def ce_prior_matrix_chunk(
+    s: Tensor,
+    y: Tensor | None,
+    g: Tensor,
+    eps: float,
+    prior_matrix: Tensor,
+    work: Tensor,
+    q: Tensor | None = None,
+) -> Tensor:
+    """Label smoothing toward a class-conditional prior: row y of a (K, K) matrix M.
+
+    loss = (1 - eps) (lse - s_y) + eps (sum(u) lse - u . s), u = M[y]
+    grad = ((1 - eps) + eps sum(u)) p - (1 - eps) onehot_y - eps u
+    ``prior_matrix`` is M in the compute dtype; ``work`` (rows, K) receives u. With a
+    probability target c: u = c M, s_y -> c . s, onehot_y -> c, the first lse -> sum(c) lse.
+    """
+    src = _source_rows(s, g)
+    if q is None:
+        torch.index_select(prior_matrix, 0, y.view(-1), out=work)  # M[y]
+        s_y = src.gather(1, y).view(-1)
+        q_sum = 1.0
+    else:
+        q = _as_compute(q, g)
+        torch.mm(q, prior_matrix, out=work)  # c M
+        s_y = torch.linalg.vecdot(src, q)
+        q_sum = q.sum(dim=1)
+    u_sum = work.sum(dim=1)
+    dot_u = torch.linalg.vecdot(src, work)  # u . s, taken before g is overwritten
+    m, log_z = _softmax_log_z(src, g)
+    hard = (q_sum * m - s_y) + q_sum * log_z
+    smooth = (u_sum * m - dot_u) + u_sum * log_z
+    g.mul_(((1.0 - eps) * q_sum + eps * u_sum).unsqueeze(1))
+    g.sub_(work, alpha=eps)
+    if q is None:
+        g.scatter_add_(1, y, g.new_full(y.shape, -(1.0 - eps)))
+    else:
+        g.sub_(q, alpha=1.0 - eps)
+    return (1.0 - eps) * hard + eps * smooth
+
+
 def reloop_chunk(s: Tensor, y: Tensor, g: Tensor, alpha: float, previous_y: Tensor) -> Tensor:
     """ReLoop self-correction: (1 - alpha) CE + alpha max(0, q_y - p_y).
 

@@ -40,8 +40,15 @@ def per_row_loss(
     elif spec.mode == "ls":
         if spec.prior is None:
             smooth = -log_p.mean(dim=1)
-        else:
+        elif spec.prior.dim() == 1:
             smooth = -(log_p @ spec.prior.to(dtype))
+        else:  # class-conditional: u = M[y], or c M for a probability target c
+            matrix = spec.prior.to(dtype)
+            if spec.soft_target is not None:
+                u = spec.soft_target.to(dtype) @ matrix
+            else:
+                u = matrix[labels]
+            smooth = -(u * log_p).sum(dim=1)
         loss = (1.0 - spec.eps) * hard + spec.eps * smooth
     elif spec.mode == "kd":
         t = spec.temperature

@@ -80,7 +80,7 @@ def validate_inputs(
     if spec.prior is not None:
         if spec.mode != "ls":
             raise ValueError(f"prior is only used by mode='ls', got mode={spec.mode!r}")
-        prior = _check_float_tensor("prior", spec.prior, [(k,)], dev)
+        prior = _check_float_tensor("prior", spec.prior, [(k,), (k, k)], dev)
         if not bool(torch.isfinite(prior).all()) or bool((prior < 0).any()):
             raise ValueError("prior must hold finite, non-negative class probabilities")
         changes["prior"] = prior

@@ -126,8 +126,11 @@ def _forward(
     work_a, work_b = (work + [None, None])[:2]
     prior_eps = prior_sum = None
     if spec.mode == "ls" and spec.prior is not None:
-        prior_eps = spec.prior.to(cd) * spec.eps
-        prior_sum = float(spec.prior.to(cd).sum()) if spec.prior.dim() == 1 else None
+        if spec.prior.dim() == 1:
+            prior_eps = spec.prior.to(cd) * spec.eps
+            prior_sum = float(spec.prior.to(cd).sum())
+        else:  # a (K, K) matrix is used as it is (no scaled copy of K^2 values)
+            prior_eps = spec.prior.to(cd)
     if labels is not None:
         labels = labels.unsqueeze(1)
     if valid is not None and bool(valid.all()):
@@ -183,7 +186,9 @@ def _chunk_loss(
         return _chunk_math.ce_ls_chunk(s, y, g, 0.0, None, 1.0, q)
     if spec.mode == "ls":
         if prior_eps is not None and prior_eps.dim() == 2:  # class-conditional prior matrix
-            return _chunk_math.ce_prior_matrix_chunk(s, y, g, spec.eps, prior_eps, work_a[: b - a], q)
+            return _chunk_math.ce_prior_matrix_chunk(
+                s, y, g, spec.eps, prior_eps, work_a[: b - a], q
+            )
         prior_sum = 1.0 if prior_sum is None else prior_sum
         return _chunk_math.ce_ls_chunk(s, y, g, spec.eps, prior_eps, prior_sum, q)
     if spec.mode == "reloop":
