@@ -138,6 +138,10 @@ class SoftLabelModule(L.LightningModule):
         x, y, index = batch
         logits = self(x)
         loss = self.loss(logits, y, self.reference(x, index))
+        source = getattr(self.loss, "source", None)
+        observe = getattr(source, "on_train_batch_end", None)
+        if callable(observe):  # statistics a source keeps across steps (e.g. OLS)
+            observe(logits.detach(), y)
         n = x.shape[0]
         self.log(
             "train/loss",
@@ -148,7 +152,6 @@ class SoftLabelModule(L.LightningModule):
             batch_size=n,
             sync_dist=True,
         )
-        source = getattr(self.loss, "source", None)
         if source is not None and self._is_logging_step():
             # The hyper-parameters in force (schedules move them); logged at the logger's
             # interval only, since a log call per step costs more than a cached lookup.
@@ -158,6 +161,32 @@ class SoftLabelModule(L.LightningModule):
         self.train_metrics.update(logits.detach(), y)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=n)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._source_epoch_ended = False
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # The source's epoch ends with the epoch's last batch, before validation and the
+        # checkpoints written after it, so they hold the statistics already turned over.
+        total = self.trainer.num_training_batches
+        if math.isfinite(total) and batch_idx + 1 >= total:
+            self._end_source_epoch()
+
+    def on_train_epoch_end(self) -> None:
+        self._end_source_epoch()  # epochs of unknown length (iterable datasets)
+
+    def _end_source_epoch(self) -> None:
+        """Call the source's ``on_train_epoch_end`` once per epoch, on every rank."""
+        if getattr(self, "_source_epoch_ended", False):
+            return
+        self._source_epoch_ended = True
+        hook = getattr(getattr(self.loss, "source", None), "on_train_epoch_end", None)
+        if callable(hook):
+            hook(self._sum_over_ranks)
+
+    def _sum_over_ranks(self, tensor: Tensor) -> Tensor:
+        """``tensor`` summed over the training processes (itself on one device)."""
+        return self.trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
 
     def _is_logging_step(self) -> bool:
         trainer = self._trainer
