@@ -5,6 +5,7 @@ from softlabel.targets._base import TargetSource
 from softlabel.targets.adaptive_smoothing import MarginSmoothing
 from softlabel.targets.dist import DIST
 from softlabel.targets.hard import Hard
+from softlabel.targets.online_smoothing import OnlineLabelSmoothing
 from softlabel.targets.previous_model import PreviousModel
 from softlabel.targets.smoothing import ClassPrior, UniformPrior
 from softlabel.targets.teacher import Teacher
@@ -17,6 +18,7 @@ __all__ = [
     "ClassPrior",
     "Teacher",
     "PreviousModel",
+    "OnlineLabelSmoothing",
     "VirtualTeacher",
     "MarginSmoothing",
     "DIST",
