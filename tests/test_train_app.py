@@ -186,6 +186,7 @@ def _check_metrics(run, method: str, target: dict) -> None:
         "seed",
         "task",
         "wall_time_s",
+        "cpu_time_s",
         "data",
         "student",
         "target",
@@ -209,6 +210,7 @@ def _check_metrics(run, method: str, target: dict) -> None:
             )
             assert metrics[part][f"{split}/nll"] > 0.0
     assert metrics["best"]["epoch"] in (0, 1) and metrics["wall_time_s"] > 0
+    assert metrics["cpu_time_s"] > 0
     assert metrics["label_noise"]["num_flipped"] == 0
     for path in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "logs/metrics.csv"):
         assert (run / path).is_file(), path

@@ -39,7 +39,15 @@ def results_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
             "run_dir": str(record.run_dir),
         }
         m = record.metrics
-        for key in ("task", "data", "student", "monitor", "wall_time_s", "num_params"):
+        for key in (
+            "task",
+            "data",
+            "student",
+            "monitor",
+            "wall_time_s",
+            "cpu_time_s",
+            "num_params",
+        ):
             if key in m and not isinstance(m[key], dict | list):
                 row[key] = m[key]
         target = m.get("target")
