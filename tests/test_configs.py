@@ -166,3 +166,24 @@ def test_experiment_configs(option):
     )
     OmegaConf.resolve(cfg)
     assert instantiate(cfg.target).name in ("hard", "ls", "ls_prior", "kd", "reloop")
+
+
+@pytest.mark.parametrize("teacher", _options("teacher"))
+def test_teacher_free_and_dist_targets_compose_with_every_teacher(teacher, tmp_path):
+    """dist needs a teacher (a live architecture or the cache); ols, tf_kd and ls_adaptive
+    need none, so any teacher config is ignored."""
+    from softlabel.modules.build import build_reference_provider
+
+    given = {"none": [], "cached": [f"teacher.cache={tmp_path}"]}
+    extra = given.get(teacher, ["teacher.checkpoint=x.ckpt"])
+    for target in ("dist", "ols", "tf_kd", "ls_adaptive"):
+        cfg = _compose(f"target={target}", f"teacher={teacher}", *extra)
+        source = instantiate(cfg.target)
+        if target != "dist":
+            assert source.reference is None
+            assert build_reference_provider(cfg, source.reference, None) == (None, {})
+        elif teacher == "none":
+            with pytest.raises(ValueError, match="needs a teacher"):
+                build_reference_provider(cfg, source.reference, None)
+        else:
+            assert source.reference == "teacher_logits" and cfg.teacher.kind in ("live", "cached")
