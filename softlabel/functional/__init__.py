@@ -9,6 +9,12 @@ from softlabel.functional.adaptive_smoothing import margin_smoothing_loss
 from softlabel.functional.cross_entropy import cross_entropy_loss
 from softlabel.functional.dist import dist_loss
 from softlabel.functional.distillation import distillation_loss
+from softlabel.functional.linear import (
+    linear_cross_entropy_loss,
+    linear_distillation_loss,
+    linear_label_smoothing_loss,
+    linear_self_correction_loss,
+)
 from softlabel.functional.self_correction import self_correction_loss
 from softlabel.functional.smoothing import label_smoothing_loss
 from softlabel.functional.virtual_teacher import virtual_teacher_loss
@@ -21,4 +27,8 @@ __all__ = [
     "virtual_teacher_loss",
     "margin_smoothing_loss",
     "dist_loss",
+    "linear_cross_entropy_loss",
+    "linear_label_smoothing_loss",
+    "linear_distillation_loss",
+    "linear_self_correction_loss",
 ]

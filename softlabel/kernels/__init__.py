@@ -8,6 +8,7 @@ from softlabel.kernels.fused import (
     fused_per_row,
     fused_soft_target_loss,
 )
+from softlabel.kernels.linear import LinearHead, default_linear_chunk_rows, fused_linear_loss
 
 __all__ = [
     "MODES",
@@ -16,4 +17,7 @@ __all__ = [
     "default_chunk_rows",
     "fused_per_row",
     "fused_soft_target_loss",
+    "LinearHead",
+    "default_linear_chunk_rows",
+    "fused_linear_loss",
 ]
