@@ -40,12 +40,28 @@ def _public_calls(s, y, t, prev, matrix):
         "ls_prior": lambda: SF.label_smoothing_loss(s, y, 0.1, prior=torch.full((K,), 1.0 / K)),
         "ls_matrix": lambda: SF.label_smoothing_loss(s, y, 0.1, prior=matrix),
         "kd": lambda: SF.distillation_loss(s, t, y, 4.0, 0.9),
+        "kd_reverse": lambda: SF.distillation_loss(s, t, y, 4.0, 0.9, divergence="reverse_kl"),
+        "kd_jsd": lambda: SF.distillation_loss(s, t, y, 4.0, 0.9, divergence="jsd", beta=0.3),
+        "kd_tvd": lambda: SF.distillation_loss(s, t, y, 4.0, 0.9, divergence="tvd"),
+        "kd_std": lambda: SF.distillation_loss(s, t, y, 4.0, 0.9, standardize=True),
         "reloop": lambda: SF.self_correction_loss(s, y, prev, 0.5),
         "module_kd": lambda: SoftTargetLoss(Teacher(4.0, 0.9))(s, y, t),
     }
 
 
-PUBLIC_CALLS = ["ce", "ls", "ls_prior", "ls_matrix", "kd", "reloop", "module_kd"]
+PUBLIC_CALLS = [
+    "ce",
+    "ls",
+    "ls_prior",
+    "ls_matrix",
+    "kd",
+    "kd_reverse",
+    "kd_jsd",
+    "kd_tvd",
+    "kd_std",
+    "reloop",
+    "module_kd",
+]
 
 
 @pytest.mark.parametrize("name", PUBLIC_CALLS)

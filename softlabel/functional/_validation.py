@@ -102,6 +102,30 @@ def check_alpha(alpha: Any) -> float:
     return value
 
 
+#: Divergences of ``distillation_loss`` (and ``Teacher``).
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd")
+
+
+def check_divergence(divergence: Any) -> str:
+    if not isinstance(divergence, str) or divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {list(DIVERGENCES)}, got {divergence!r}")
+    return divergence
+
+
+def check_beta(beta: Any) -> float:
+    """The JSD's mixture weight of the teacher, in [0, 1]."""
+    value = _as_float("beta", beta)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta!r}")
+    return value
+
+
+def check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def check_temperature(temperature: Any) -> float:
     value = _as_float("temperature", temperature)
     if not 0.0 < value <= MAX_TEMPERATURE:

@@ -13,6 +13,8 @@ Notation: m = max_k s_k, Z = sum_k exp(s_k - m), lse = m + log Z, p = softmax(s)
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -270,3 +272,140 @@ def kd_chunk(
     else:
         g.sub_(c, alpha=(1.0 - alpha) / scale)
     return loss + (1.0 - alpha) * ce
+
+
+#: Added to the per-row standard deviation before dividing by it (logit standardization).
+STD_EPS = 1e-7
+
+
+def _standardized(x: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
+    """Write out = z = (x - mean) / (std + 1e-7), std with Bessel's correction; return the
+    row mean and std (rows,) in ``out``'s dtype."""
+    src = x if x.dtype == out.dtype else out.copy_(x)
+    std, mean = torch.std_mean(src, dim=1)
+    inv = (std + STD_EPS).reciprocal_()
+    torch.sub(src, mean.unsqueeze(1), out=out).mul_(inv.unsqueeze(1))
+    return mean, std
+
+
+def _divergence_terms(
+    g: Tensor, a_buf: Tensor, b_buf: Tensor, c_buf: Tensor | None, divergence: str, beta: float
+) -> tuple[Tensor, float]:
+    """D (rows,) and u = dD/da left in ``g`` as ``g * factor`` (the float returned).
+
+    On entry g = a (student logits / T) and a_buf = b (teacher logits / T), both centered by
+    their row maxima; r = softmax(a) = p_s^T, q = softmax(b) = p_t^T, log Z_x = log sum exp(x).
+    On exit a_buf and b_buf (and c_buf) are free. With w = log r - log q (finite: from the
+    centered logits, never log 0):
+
+    - forward_kl: D = q . (b - a) - log Z_b + log Z_a, u = r - q.
+    - reverse_kl: D = r . w, u = r (w - D).
+    - jsd: M = beta q + (1 - beta) r; with d = log r - log q, log M - log q =
+      logaddexp(log(1 - beta) + d, log beta) and v = log r - log M = d - (log M - log q):
+      D = -beta q . (log M - log q) + (1 - beta) r . v, u = (1 - beta) r (v - r . v).
+    - tvd: D = 1/2 sum |r - q|, u = r (h - r . h) / 2 with h = sign(r - q).
+    """
+    q = _softmax_into(a_buf, b_buf)  # b_buf = q
+    log_z_b = _log_z(q)
+    if divergence == "forward_kl":
+        dot = a_buf.sub_(g).mul_(q).sum(dim=1)  # q . (b - a)
+        r = _softmax_into(g, a_buf)
+        d = dot - log_z_b + _log_z(r)
+        torch.sub(r, q, out=g)
+        return d, 1.0
+    if divergence == "tvd":
+        r = _softmax_into(g, a_buf)
+        torch.sub(r, q, out=g)
+        d = 0.5 * torch.linalg.vector_norm(g, ord=1, dim=1)
+        g.sign_()
+        g.sub_(torch.linalg.vecdot(r, g).unsqueeze(1)).mul_(r)
+        return d, 0.5
+    if divergence == "reverse_kl":
+        r = _softmax_into(g, b_buf)  # q is no longer needed
+        w = torch.sub(g, a_buf, out=a_buf).add_((log_z_b - _log_z(r)).unsqueeze(1))
+        d = torch.linalg.vecdot(r, w)
+        torch.sub(w, d.unsqueeze(1), out=g).mul_(r)
+        return d, 1.0
+    # jsd, 0 < beta < 1
+    r = _softmax_into(g, c_buf)
+    dlog = torch.sub(g, a_buf, out=a_buf).add_((log_z_b - _log_z(r)).unsqueeze(1))
+    torch.add(dlog, math.log1p(-beta), out=g)
+    torch.logaddexp(g, g.new_tensor(math.log(beta)), out=g)  # g = log M - log q
+    teacher_kl = -torch.linalg.vecdot(q, g)
+    v = dlog.sub_(g)  # log r - log M
+    student_kl = torch.linalg.vecdot(r, v)
+    torch.sub(v, student_kl.unsqueeze(1), out=g).mul_(r)
+    return beta * teacher_kl + (1.0 - beta) * student_kl, 1.0 - beta
+
+
+def divergence_chunk(
+    s: Tensor,
+    y: Tensor | None,
+    g: Tensor,
+    t: Tensor,
+    work_a: Tensor,
+    work_b: Tensor,
+    work_c: Tensor | None,
+    temperature: float,
+    alpha: float,
+    divergence: str,
+    beta: float,
+    standardize: bool,
+    target_probs: Tensor | None = None,
+) -> Tensor:
+    """(1 - alpha) CE(s, y) + alpha T^2 D(p_t^T, p_s^T) for any divergence of
+    ``_divergence_terms``, with optional logit standardization (Sun et al., CVPR 2024).
+
+    a = s / T and b = t / T, or with ``standardize`` a = z_s / T, b = z_t / T where
+    z = (x - mean) / (std + 1e-7) per row (Bessel's correction); the CE stays on the raw s.
+    Gradient: alpha T u + (1 - alpha) (p - onehot_y), u = dD/da; with standardization the
+    student's z-scoring is chained in: alpha T (u - kappa (u . z) z) / (std + 1e-7),
+    kappa = (std + 1e-7) / ((K - 1) std) (0 for a constant row, where z = 0). ``work_c`` is
+    needed by the JSD only. ``y`` may be None only when alpha = 1; ``target_probs`` c in
+    place of y: CE = sum(c) lse - c . s, gradient sum(c) p - c.
+    """
+    k = s.shape[1]
+    inv_t = 1.0 / temperature
+    if standardize:
+        _standardized(t, work_a)
+        _centered(work_a, work_a, inv_t)
+        mean_s, std_s = _standardized(s, g)
+        _centered(g, g, inv_t)
+    else:
+        _centered(t, work_a, inv_t)
+        _centered(s, g, inv_t)
+    d, factor = _divergence_terms(g, work_a, work_b, work_c, divergence, beta)
+    loss = (alpha * temperature * temperature) * d
+    coef = alpha * temperature * factor
+    if standardize:
+        inv_std = (std_s + STD_EPS).reciprocal_()
+        z = _standardized_again(s, mean_s, inv_std, work_a)
+        kappa = torch.where(std_s > 0, 1.0 / ((k - 1) * std_s * inv_std), 0.0)
+        g.addcmul_(z, (-kappa * torch.linalg.vecdot(g, z)).unsqueeze(1))
+        g.mul_((coef * inv_std).unsqueeze(1))
+    elif coef != 1.0:
+        g.mul_(coef)
+    if alpha == 1.0:
+        return loss
+    p = _softmax_into(s, work_a)
+    ce_scale = 1.0 - alpha
+    m_s = s.amax(dim=1).to(g.dtype)
+    if target_probs is None:
+        c_sum = 1.0
+        s_y = s.gather(1, y).to(g.dtype).view(-1) - m_s
+        g.add_(p, alpha=ce_scale)
+        g.scatter_add_(1, y, g.new_full(y.shape, -ce_scale))
+    else:
+        c = _as_compute(target_probs, g)
+        c_sum = c.sum(dim=1)
+        s_y = torch.linalg.vecdot(work_b.copy_(s), c) - c_sum * m_s  # c . (s - m_s)
+        g.addcmul_(p, (ce_scale * c_sum).unsqueeze(1))
+        g.sub_(c, alpha=ce_scale)
+    ce = c_sum * _log_z(p) - s_y
+    return loss + ce_scale * ce
+
+
+def _standardized_again(s: Tensor, mean: Tensor, inv_std: Tensor, out: Tensor) -> Tensor:
+    """out = z = (s - mean) * inv_std in the compute dtype of ``out``."""
+    torch.sub(s, mean.unsqueeze(1), out=out)
+    return out.mul_(inv_std.unsqueeze(1))

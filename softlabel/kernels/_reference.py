@@ -8,6 +8,7 @@ temporaries, which is why the fused path does not use them otherwise.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,6 +24,33 @@ def _cross_entropy(log_p: Tensor, labels: Tensor | None, soft_target: Tensor | N
     if soft_target is not None:
         return -(soft_target.to(log_p.dtype) * log_p).sum(dim=1)
     return -log_p.gather(1, labels.unsqueeze(1)).squeeze(1)
+
+
+def _standardized(x: Tensor) -> Tensor:
+    """(x - mean) / (std + 1e-7) per row, std with Bessel's correction."""
+    return (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True) + 1e-7)
+
+
+def _kl(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """KL(a || b) per row from log-probabilities (0 log 0 = 0)."""
+    a = log_a.exp()
+    return torch.where(a > 0, a * (log_a - log_b), torch.zeros_like(a)).sum(dim=1)
+
+
+def _divergence(log_q: Tensor, log_r: Tensor, spec: LossSpec) -> Tensor:
+    """D(teacher q, student r) of ``spec.divergence`` per row."""
+    from softlabel.kernels.fused import effective_divergence
+
+    divergence = effective_divergence(spec)
+    if divergence == "forward_kl":
+        return _kl(log_q, log_r)
+    if divergence == "reverse_kl":
+        return _kl(log_r, log_q)
+    if divergence == "tvd":
+        return 0.5 * (log_q.exp() - log_r.exp()).abs().sum(dim=1)
+    beta = spec.beta
+    log_m = torch.logaddexp(log_q + math.log(beta), log_r + math.log1p(-beta))
+    return beta * _kl(log_q, log_m) + (1.0 - beta) * _kl(log_r, log_m)
 
 
 def per_row_loss(
@@ -52,11 +80,12 @@ def per_row_loss(
         loss = (1.0 - spec.eps) * hard + spec.eps * smooth
     elif spec.mode == "kd":
         t = spec.temperature
-        log_q = F.log_softmax(spec.teacher.to(dtype) / t, dim=1)
-        log_r = F.log_softmax(s / t, dim=1)
-        q = log_q.exp()
-        kl = torch.where(q > 0, q * (log_q - log_r), torch.zeros_like(q)).sum(dim=1)
-        loss = (spec.alpha * t * t) * kl
+        student, teacher = s, spec.teacher.to(dtype)
+        if spec.standardize:
+            student, teacher = _standardized(student), _standardized(teacher)
+        log_q = F.log_softmax(teacher / t, dim=1)
+        log_r = F.log_softmax(student / t, dim=1)
+        loss = (spec.alpha * t * t) * _divergence(log_q, log_r, spec)
         if spec.alpha < 1.0:
             loss = loss + (1.0 - spec.alpha) * hard
     elif spec.mode == "reloop":

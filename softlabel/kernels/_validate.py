@@ -53,6 +53,25 @@ def _check_target(target: object, n: int, k: int, ignore_index: int, device) -> 
         )
 
 
+def _check_divergence(spec: LossSpec) -> None:
+    from softlabel.kernels.fused import DIVERGENCES
+
+    if spec.divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {spec.divergence!r}")
+    _check_unit("beta", spec.beta)
+    if not isinstance(spec.standardize, bool):
+        raise TypeError(f"standardize must be True or False, got {spec.standardize!r}")
+    if spec.mode != "kd" and (spec.divergence != "forward_kl" or spec.standardize):
+        raise ValueError(
+            f"divergence={spec.divergence!r} and standardize={spec.standardize} are only used "
+            f"by mode='kd', got mode={spec.mode!r}"
+        )
+    if spec.divergence != "jsd" and spec.beta != 0.5:
+        raise ValueError(
+            f"beta={spec.beta} is only used by divergence='jsd', got {spec.divergence!r}"
+        )
+
+
 def validate_inputs(
     spec: LossSpec, logits: object, target: object, modes: tuple[str, ...]
 ) -> LossSpec:
@@ -103,6 +122,7 @@ def validate_inputs(
         changes["previous"] = _check_float_tensor("previous", spec.previous, [(n, k), (n,)], dev)
     elif spec.previous is not None:
         raise ValueError(f"previous is only used by mode='reloop', got mode={spec.mode!r}")
+    _check_divergence(spec)
     if spec.mode in ("hard", "ls") and spec.alpha != 0.0:
         raise ValueError(f"alpha={spec.alpha} is only used by modes 'kd' and 'reloop'")
     rows = spec.chunk_rows

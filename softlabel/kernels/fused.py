@@ -58,6 +58,26 @@ class LossSpec:
     ignore_index: int = -100
     chunk_rows: int | None = None
     soft_target: Tensor | None = None  # (N, K) class probabilities in place of labels
+    divergence: str = "forward_kl"  # kd: forward_kl | reverse_kl | jsd | tvd
+    beta: float = 0.5  # kd with divergence="jsd": M = beta p_t + (1 - beta) p_s
+    standardize: bool = False  # kd: z-score student and teacher logits per row
+
+
+#: Divergences of mode "kd" between p_t^T = softmax(t/T) and p_s^T = softmax(s/T).
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd")
+
+
+def effective_divergence(spec: LossSpec) -> str:
+    """The divergence computed: the JSD at beta = 0 is the forward KL, at beta = 1 the
+    reverse KL (as TRL's GKD computes them)."""
+    if spec.divergence == "jsd" and spec.beta in (0.0, 1.0):
+        return "forward_kl" if spec.beta == 0.0 else "reverse_kl"
+    return spec.divergence
+
+
+def _plain_kd(spec: LossSpec) -> bool:
+    """True when mode "kd" runs the forward-KL kernel ``kd_chunk`` (no standardization)."""
+    return effective_divergence(spec) == "forward_kl" and not spec.standardize
 
 
 #: Largest allowed distance of a probability target's row sum from 1.
@@ -84,7 +104,7 @@ def default_chunk_rows(
 def _work_buffers(spec: LossSpec) -> int:
     """(chunk_rows, K) work buffers one chunk of ``spec`` needs besides the gradient slice."""
     if spec.mode == "kd":
-        return 2
+        return 3 if effective_divergence(spec) == "jsd" and spec.alpha > 0.0 else 2
     if spec.mode == "ls" and spec.prior is not None and spec.prior.dim() == 2:
         return 1
     return 0
@@ -102,7 +122,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def grad_scale(spec: LossSpec) -> float:
     """c with d loss_i / d s_i = c * (what ``_forward`` writes into the gradient buffer)."""
-    if spec.mode == "kd" and spec.alpha > 0.0:
+    if spec.mode == "kd" and spec.alpha > 0.0 and _plain_kd(spec):
         return _chunk_math.kd_grad_scale(spec.temperature, spec.alpha)
     return 1.0
 
@@ -123,7 +143,7 @@ def _forward(
     grad_in_place = grad is not None and grad.dtype == cd
     work_g = None if grad_in_place else logits.new_empty((rows, k), dtype=cd)
     work = [logits.new_empty((rows, k), dtype=cd) for _ in range(_work_buffers(spec))]
-    work_a, work_b = (work + [None, None])[:2]
+    work_a, work_b, work_c = (work + [None, None, None])[:3]
     prior_eps = prior_sum = None
     if spec.mode == "ls" and spec.prior is not None:
         if spec.prior.dim() == 1:
@@ -149,7 +169,9 @@ def _forward(
             q = probs[a:b]
             torch.amin(q, dim=1, out=q_min[a:b])
             torch.sum(q, dim=1, dtype=cd, out=q_sum[a:b])
-        loss[a:b] = _chunk_loss(s, y, q, g, spec, a, b, work_a, work_b, prior_eps, prior_sum)
+        loss[a:b] = _chunk_loss(
+            s, y, q, g, spec, a, b, work_a, work_b, prior_eps, prior_sum, work_c=work_c
+        )
         if grad is not None and not grad_in_place:
             grad[a:b].copy_(g)
     if probs is not None:
@@ -174,20 +196,23 @@ def _check_probability_rows(q_min: Tensor, q_sum: Tensor) -> None:
 
 
 def _chunk_loss(
-    s, y, q, g, spec, a, b, work_a, work_b, prior_eps, prior_sum, teacher_rows=None
+    s, y, q, g, spec, a, b, work_a, work_b, prior_eps, prior_sum, teacher_rows=None, *, work_c=None
 ) -> Tensor:
     """Dispatch one chunk to its mode's math in ``_chunk_math`` (``q``: probability targets).
 
     ``teacher_rows``: the chunk's teacher logits when the caller makes them chunk by chunk
-    (the linear-head loss); None reads ``spec.teacher[a:b]``.
+    (the linear-head loss); None reads ``spec.teacher[a:b]``. ``work_a``, ``work_b`` (and
+    ``work_c``): (>= b - a, K) work buffers in the compute dtype, ``_work_buffers(spec)`` of
+    them; a missing one is allocated for this chunk.
     """
+    rows = b - a
     t = spec.teacher[a:b] if teacher_rows is None and spec.teacher is not None else teacher_rows
     if spec.mode == "hard" or (spec.mode == "kd" and spec.alpha == 0.0):
         return _chunk_math.ce_ls_chunk(s, y, g, 0.0, None, 1.0, q)
     if spec.mode == "ls":
         if prior_eps is not None and prior_eps.dim() == 2:  # class-conditional prior matrix
             return _chunk_math.ce_prior_matrix_chunk(
-                s, y, g, spec.eps, prior_eps, work_a[: b - a], q
+                s, y, g, spec.eps, prior_eps, _work(work_a, g), q
             )
         prior_sum = 1.0 if prior_sum is None else prior_sum
         return _chunk_math.ce_ls_chunk(s, y, g, spec.eps, prior_eps, prior_sum, q)
@@ -197,10 +222,31 @@ def _chunk_loss(
             return _chunk_math.reloop_soft_target_chunk(s, q, g, spec.alpha, prev)
         prev_y = prev if prev.dim() == 1 else prev.gather(1, y).view(-1)
         return _chunk_math.reloop_chunk(s, y, g, spec.alpha, prev_y.to(g.dtype))
-    rows = b - a
-    return _chunk_math.kd_chunk(
-        s, y, g, t, work_a[:rows], work_b[:rows], spec.temperature, spec.alpha, q
+    if _plain_kd(spec):
+        return _chunk_math.kd_chunk(
+            s, y, g, t, work_a[:rows], work_b[:rows], spec.temperature, spec.alpha, q
+        )
+    divergence = effective_divergence(spec)
+    return _chunk_math.divergence_chunk(
+        s,
+        y,
+        g,
+        t,
+        _work(work_a, g),
+        _work(work_b, g),
+        _work(work_c, g) if divergence == "jsd" else None,
+        spec.temperature,
+        spec.alpha,
+        divergence,
+        spec.beta,
+        spec.standardize,
+        q,
     )
+
+
+def _work(buffer: Tensor | None, like: Tensor) -> Tensor:
+    """``buffer`` cut to the chunk's rows, or a new one of ``like``'s shape when None."""
+    return torch.empty_like(like) if buffer is None else buffer[: like.shape[0]]
 
 
 class FusedSoftTargetLossFunction(torch.autograd.Function):
@@ -256,6 +302,9 @@ def fused_soft_target_loss(
     previous: Tensor | None = None,
     ignore_index: int = -100,
     chunk_rows: int | None = None,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    standardize: bool = False,
 ) -> Tensor:
     """Per-row soft-target loss (N,) of 2-D logits (N, K), with a fused backward.
 
@@ -265,8 +314,13 @@ def fused_soft_target_loss(
     - ``"ls"``: (1 - eps) CE + eps H(u, p), H(u, p) = -sum_k u_k log p_k; u = ``prior`` (K,),
       row y of a class-conditional ``prior`` matrix (K, K), or uniform 1/K when ``prior`` is
       None.
-    - ``"kd"``: (1 - alpha) CE + alpha T^2 KL(softmax(teacher/T) || softmax(s/T)); ``target``
-      may be None when alpha = 1. The teacher gets no gradient.
+    - ``"kd"``: (1 - alpha) CE + alpha T^2 D(p_t^T, p_s^T), p_t^T = softmax(teacher/T),
+      p_s^T = softmax(s/T); ``target`` may be None when alpha = 1. The teacher gets no
+      gradient. D by ``divergence``: ``"forward_kl"`` KL(p_t^T || p_s^T), ``"reverse_kl"``
+      KL(p_s^T || p_t^T), ``"jsd"`` beta KL(p_t^T || M) + (1 - beta) KL(p_s^T || M) with
+      M = beta p_t^T + (1 - beta) p_s^T (beta = 0: forward KL, beta = 1: reverse KL), ``"tvd"``
+      1/2 sum_k |p_t^T - p_s^T|. ``standardize``: both logits z-scored per row,
+      (x - mean) / (std + 1e-7), before dividing by T (the CE stays on the raw logits).
     - ``"reloop"``: (1 - alpha) CE + alpha max(0, q_y - p_y), ``previous`` = q as (N, K)
       probabilities or the already gathered q_y (N,).
 
@@ -284,6 +338,9 @@ def fused_soft_target_loss(
             previous=previous,
             ignore_index=ignore_index,
             chunk_rows=chunk_rows,
+            divergence=divergence,
+            beta=beta,
+            standardize=standardize,
         ),
         logits,
         target,
