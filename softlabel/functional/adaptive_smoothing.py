@@ -98,7 +98,7 @@ def margin_smoothing_loss(
     """Margin-based label smoothing: ``CE(s, y) + penalty * sum_k max(0, max_j s_j - s_k - m)``.
 
     Liu, Ben Ayed, Galdran and Dolz, "The Devil is in the Margins: Margin-based Label
-    Smoothing for Network Calibration", CVPR 2022, eq. (8): label smoothing pushes every
+    Smoothing for Network Calibration", CVPR 2022: label smoothing pushes every
     logit distance ``d_k = max_j s_j - s_k`` to 0 (an equality constraint); MbLS penalises
     only the distances above the margin ``m``, so only confident predictions (large
     distances) are smoothed, per sample and per class. The penalty is summed over classes
