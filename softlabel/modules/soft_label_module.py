@@ -70,7 +70,8 @@ class SoftLabelModule(L.LightningModule):
             raise ValueError(
                 f"the target source needs reference {needed!r} but the reference_provider "
                 f"gives {given!r} ({type(reference_provider).__name__}); "
-                "kd needs a teacher, reloop needs a previous model, other targets need neither"
+                "kd and dist need a teacher, reloop needs a previous model, other targets need "
+                "neither"
             )
         student_device = model_device(student) if isinstance(student, nn.Module) else None
         reference_device = getattr(reference_provider, "device", None)
