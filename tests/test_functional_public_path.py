@@ -44,6 +44,7 @@ def _public_calls(s, y, t, prev, matrix):
         "kd_jsd": lambda: SF.distillation_loss(s, t, y, 4.0, 0.9, divergence="jsd", beta=0.3),
         "kd_tvd": lambda: SF.distillation_loss(s, t, y, 4.0, 0.9, divergence="tvd"),
         "kd_std": lambda: SF.distillation_loss(s, t, y, 4.0, 0.9, standardize=True),
+        "dkd": lambda: SF.decoupled_distillation_loss(s, t, y, 4.0, 1.0, 8.0),
         "reloop": lambda: SF.self_correction_loss(s, y, prev, 0.5),
         "module_kd": lambda: SoftTargetLoss(Teacher(4.0, 0.9))(s, y, t),
     }
@@ -59,6 +60,7 @@ PUBLIC_CALLS = [
     "kd_jsd",
     "kd_tvd",
     "kd_std",
+    "dkd",
     "reloop",
     "module_kd",
 ]

@@ -7,6 +7,7 @@ Half-precision inputs are computed (and returned) in float32.
 
 from softlabel.functional.adaptive_smoothing import margin_smoothing_loss
 from softlabel.functional.cross_entropy import cross_entropy_loss
+from softlabel.functional.decoupled import decoupled_distillation_loss
 from softlabel.functional.dist import dist_loss
 from softlabel.functional.distillation import distillation_loss
 from softlabel.functional.linear import (
@@ -23,6 +24,7 @@ __all__ = [
     "cross_entropy_loss",
     "label_smoothing_loss",
     "distillation_loss",
+    "decoupled_distillation_loss",
     "self_correction_loss",
     "virtual_teacher_loss",
     "margin_smoothing_loss",

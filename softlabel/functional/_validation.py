@@ -126,6 +126,14 @@ def check_flag(name: str, value: Any) -> bool:
     return value
 
 
+def check_loss_weight(name: str, value: Any) -> float:
+    """A finite weight >= 0 (e.g. DKD's alpha, beta and ce_weight)."""
+    number = _as_float(name, value)
+    if not 0.0 <= number < float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
 def check_temperature(temperature: Any) -> float:
     value = _as_float("temperature", temperature)
     if not 0.0 < value <= MAX_TEMPERATURE:

@@ -409,3 +409,67 @@ def _standardized_again(s: Tensor, mean: Tensor, inv_std: Tensor, out: Tensor) -
     """out = z = (s - mean) * inv_std in the compute dtype of ``out``."""
     torch.sub(s, mean.unsqueeze(1), out=out)
     return out.mul_(inv_std.unsqueeze(1))
+
+
+def _masked_log_z(x: Tensor, y: Tensor, out: Tensor) -> Tensor:
+    """log sum_{k != y} exp(x_k) (rows,), with out = softmax of x over the classes k != y
+    (0 at y). ``x`` is left as it was."""
+    x_y = x.gather(1, y)
+    x.scatter_(1, y, float("-inf"))
+    m = x.amax(dim=1)
+    _softmax_into(x, out)
+    x.scatter_(1, y, x_y)
+    return m + _log_z(out)
+
+
+def dkd_chunk(
+    s: Tensor,
+    y: Tensor,
+    g: Tensor,
+    t: Tensor,
+    work_a: Tensor,
+    work_b: Tensor,
+    temperature: float,
+    tckd_weight: float,
+    nckd_weight: float,
+    ce_weight: float,
+) -> Tensor:
+    """Decoupled KD (Zhao et al., CVPR 2022): ce_weight CE + T^2 (alpha TCKD + beta NCKD).
+
+    With a = s/T, b = t/T (centered), r = softmax(a), q = softmax(b), hats for the softmax
+    over the non-target classes k != y and L_x = log sum_k exp(x_k), L'_x = log sum_{k!=y}:
+    TCKD = KL((q_y, 1 - q_y) || (r_y, 1 - r_y)), log q_y = b_y - L_b, log(1 - q_y) = L'_b - L_b;
+    NCKD = KL(q^ || r^) = q^ . (b - a) - L'_b + L'_a (the target class excluded exactly).
+    Gradient: T [(beta - alpha d) r^ - beta q^ + alpha d onehot_y] + ce_weight (p - onehot_y),
+    d = r_y - q_y (alpha = ``tckd_weight``, beta = ``nckd_weight``).
+    """
+    inv_t = 1.0 / temperature
+    _centered(t, work_a, inv_t)  # work_a = b
+    b_y = work_a.gather(1, y).view(-1)
+    log_z_b_rest = _masked_log_z(work_a, y, work_b)  # work_b = q^
+    m_s = _centered(s, g, inv_t)  # g = a
+    a_y = g.gather(1, y).view(-1)
+    dot = work_a.sub_(g).mul_(work_b).sum(dim=1)  # q^ . (b - a), 0 at y
+    log_z_a_rest = _masked_log_z(g, y, work_a)  # work_a = r^
+    log_z_b = torch.logaddexp(b_y, log_z_b_rest)
+    log_z_a = torch.logaddexp(a_y, log_z_a_rest)
+    log_q_y, log_q_rest = b_y - log_z_b, log_z_b_rest - log_z_b
+    log_r_y, log_r_rest = a_y - log_z_a, log_z_a_rest - log_z_a
+    tckd = log_q_y.exp() * (log_q_y - log_r_y) + log_q_rest.exp() * (log_q_rest - log_r_rest)
+    nckd = dot - log_z_b_rest + log_z_a_rest
+    loss = (temperature * temperature) * (tckd_weight * tckd + nckd_weight * nckd)
+    d = log_r_y.exp() - log_q_y.exp()
+    at_y = (temperature * tckd_weight) * d
+    coef_r = temperature * nckd_weight - at_y
+    if ce_weight > 0.0:
+        p = _softmax_into(s, g)
+        ce = _log_z(p) - (s.gather(1, y).to(g.dtype).view(-1) - m_s.view(-1))
+        loss = loss + ce_weight * ce
+        if ce_weight != 1.0:
+            g.mul_(ce_weight)
+        g.addcmul_(work_a, coef_r.unsqueeze(1))
+    else:
+        torch.mul(work_a, coef_r.unsqueeze(1), out=g)
+    g.sub_(work_b, alpha=temperature * nckd_weight)
+    g.scatter_add_(1, y, (at_y - ce_weight).unsqueeze(1))
+    return loss

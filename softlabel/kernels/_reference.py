@@ -31,6 +31,12 @@ def _standardized(x: Tensor) -> Tensor:
     return (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True) + 1e-7)
 
 
+def _kl_terms(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """a (log a - log b) element-wise from log-probabilities (0 where a = 0)."""
+    a = log_a.exp()
+    return torch.where(a > 0, a * (log_a - log_b), torch.zeros_like(a))
+
+
 def _kl(log_a: Tensor, log_b: Tensor) -> Tensor:
     """KL(a || b) per row from log-probabilities (0 log 0 = 0)."""
     a = log_a.exp()
@@ -88,6 +94,21 @@ def per_row_loss(
         loss = (spec.alpha * t * t) * _divergence(log_q, log_r, spec)
         if spec.alpha < 1.0:
             loss = loss + (1.0 - spec.alpha) * hard
+    elif spec.mode == "dkd":
+        t = spec.temperature
+        log_r = F.log_softmax(s / t, dim=1)
+        log_q = F.log_softmax(spec.teacher.to(dtype) / t, dim=1)
+        target = F.one_hot(labels, s.shape[1]).bool()
+        log_r_y, log_q_y = log_r[target], log_q[target]
+        log_r_rest = torch.logsumexp(log_r.masked_fill(target, float("-inf")), dim=1)
+        log_q_rest = torch.logsumexp(log_q.masked_fill(target, float("-inf")), dim=1)
+        tckd = _kl_terms(log_q_y, log_r_y) + _kl_terms(log_q_rest, log_r_rest)
+        log_q_hat = log_q - log_q_rest.unsqueeze(1)  # over k != y (the y entry is dropped)
+        log_r_hat = log_r - log_r_rest.unsqueeze(1)
+        nckd_terms = _kl_terms(log_q_hat, log_r_hat)
+        nckd = torch.where(target, torch.zeros_like(nckd_terms), nckd_terms).sum(dim=1)
+        soft = (t * t) * (spec.tckd_weight * tckd + spec.nckd_weight * nckd)
+        loss = soft + spec.ce_weight * hard
     elif spec.mode == "reloop":
         p = log_p.exp()
         previous = spec.previous.to(dtype)

@@ -87,6 +87,8 @@ def validate_inputs(
     n, k = logits.shape
     dev = logits.device
     needs_target = not (spec.mode == "kd" and spec.alpha == 1.0)
+    if spec.mode == "dkd" and spec.soft_target is not None:
+        raise ValueError("mode='dkd' needs class indices: TCKD and NCKD split at the target class")
     if target is not None or needs_target:
         if target is None:
             raise ValueError(f"target is required for mode={spec.mode!r} unless mode='kd', alpha=1")
@@ -103,9 +105,9 @@ def validate_inputs(
         if not bool(torch.isfinite(prior).all()) or bool((prior < 0).any()):
             raise ValueError("prior must hold finite, non-negative class probabilities")
         changes["prior"] = prior
-    if spec.mode == "kd":
+    if spec.mode in ("kd", "dkd"):
         if spec.teacher is None:
-            raise ValueError("teacher logits are required for mode='kd'")
+            raise ValueError(f"teacher logits are required for mode={spec.mode!r}")
         changes["teacher"] = _check_float_tensor("teacher", spec.teacher, [(n, k)], dev)
         t = spec.temperature
         if (
@@ -115,7 +117,13 @@ def validate_inputs(
         ):
             raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
     elif spec.teacher is not None:
-        raise ValueError(f"teacher is only used by mode='kd', got mode={spec.mode!r}")
+        raise ValueError(f"teacher is only used by modes 'kd' and 'dkd', got mode={spec.mode!r}")
+    for name in ("tckd_weight", "nckd_weight", "ce_weight"):
+        value = getattr(spec, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a float >= 0, got {type(value).__name__}")
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if spec.mode == "reloop":
         if spec.previous is None:
             raise ValueError("previous probabilities are required for mode='reloop'")
@@ -123,7 +131,7 @@ def validate_inputs(
     elif spec.previous is not None:
         raise ValueError(f"previous is only used by mode='reloop', got mode={spec.mode!r}")
     _check_divergence(spec)
-    if spec.mode in ("hard", "ls") and spec.alpha != 0.0:
+    if spec.mode in ("hard", "ls", "dkd") and spec.alpha != 0.0:
         raise ValueError(f"alpha={spec.alpha} is only used by modes 'kd' and 'reloop'")
     rows = spec.chunk_rows
     if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):

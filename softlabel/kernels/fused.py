@@ -26,7 +26,7 @@ from softlabel.kernels import _chunk_math
 from softlabel.kernels._reference import per_row_loss
 from softlabel.kernels._validate import validate_inputs
 
-MODES = ("hard", "ls", "kd", "reloop")
+MODES = ("hard", "ls", "kd", "reloop", "dkd")
 
 #: Bytes of all (chunk_rows, K) arrays one chunk touches (inputs and work buffers together),
 #: per device type. On CPU a chunk's arrays should stay in the last-level cache between the
@@ -41,7 +41,7 @@ DEFAULT_CHUNK_BYTES = 256 << 20
 #: (chunk_rows, K) arrays a chunk touches per mode: logits and gradient, plus teacher and two
 #: work buffers for distillation. ``_arrays(spec)`` refines this per call (one more work
 #: buffer for a prior matrix or the JSD).
-_ARRAYS_PER_MODE = {"hard": 2, "ls": 2, "reloop": 2, "kd": 5}
+_ARRAYS_PER_MODE = {"hard": 2, "ls": 2, "reloop": 2, "kd": 5, "dkd": 5}
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,9 @@ class LossSpec:
     divergence: str = "forward_kl"  # kd: forward_kl | reverse_kl | jsd | tvd
     beta: float = 0.5  # kd with divergence="jsd": M = beta p_t + (1 - beta) p_s
     standardize: bool = False  # kd: z-score student and teacher logits per row
+    tckd_weight: float = 1.0  # dkd: alpha, the weight of TCKD
+    nckd_weight: float = 8.0  # dkd: beta, the weight of NCKD
+    ce_weight: float = 1.0  # dkd: the weight of the hard CE
 
 
 #: Divergences of mode "kd" between p_t^T = softmax(t/T) and p_s^T = softmax(s/T).
@@ -105,6 +108,8 @@ def _work_buffers(spec: LossSpec) -> int:
     """(chunk_rows, K) work buffers one chunk of ``spec`` needs besides the gradient slice."""
     if spec.mode == "kd":
         return 3 if effective_divergence(spec) == "jsd" and spec.alpha > 0.0 else 2
+    if spec.mode == "dkd":
+        return 2
     if spec.mode == "ls" and spec.prior is not None and spec.prior.dim() == 2:
         return 1
     return 0
@@ -222,6 +227,19 @@ def _chunk_loss(
             return _chunk_math.reloop_soft_target_chunk(s, q, g, spec.alpha, prev)
         prev_y = prev if prev.dim() == 1 else prev.gather(1, y).view(-1)
         return _chunk_math.reloop_chunk(s, y, g, spec.alpha, prev_y.to(g.dtype))
+    if spec.mode == "dkd":
+        return _chunk_math.dkd_chunk(
+            s,
+            y,
+            g,
+            t,
+            _work(work_a, g),
+            _work(work_b, g),
+            spec.temperature,
+            spec.tckd_weight,
+            spec.nckd_weight,
+            spec.ce_weight,
+        )
     if _plain_kd(spec):
         return _chunk_math.kd_chunk(
             s, y, g, t, work_a[:rows], work_b[:rows], spec.temperature, spec.alpha, q
@@ -305,6 +323,9 @@ def fused_soft_target_loss(
     divergence: str = "forward_kl",
     beta: float = 0.5,
     standardize: bool = False,
+    tckd_weight: float = 1.0,
+    nckd_weight: float = 8.0,
+    ce_weight: float = 1.0,
 ) -> Tensor:
     """Per-row soft-target loss (N,) of 2-D logits (N, K), with a fused backward.
 
@@ -321,6 +342,10 @@ def fused_soft_target_loss(
       M = beta p_t^T + (1 - beta) p_s^T (beta = 0: forward KL, beta = 1: reverse KL), ``"tvd"``
       1/2 sum_k |p_t^T - p_s^T|. ``standardize``: both logits z-scored per row,
       (x - mean) / (std + 1e-7), before dividing by T (the CE stays on the raw logits).
+    - ``"dkd"``: ``ce_weight`` CE + T^2 (``tckd_weight`` TCKD + ``nckd_weight`` NCKD), decoupled
+      KD (Zhao et al., CVPR 2022): TCKD = KL(b_t || b_s) of the binary (target, rest) masses
+      of p_t^T and p_s^T, NCKD = KL of p_t^T and p_s^T renormalised over the non-target
+      classes. Needs ``target``.
     - ``"reloop"``: (1 - alpha) CE + alpha max(0, q_y - p_y), ``previous`` = q as (N, K)
       probabilities or the already gathered q_y (N,).
 
@@ -341,6 +366,9 @@ def fused_soft_target_loss(
             divergence=divergence,
             beta=beta,
             standardize=standardize,
+            tckd_weight=tckd_weight,
+            nckd_weight=nckd_weight,
+            ce_weight=ce_weight,
         ),
         logits,
         target,

@@ -3,6 +3,7 @@
 
 from softlabel.targets._base import TargetSource
 from softlabel.targets.adaptive_smoothing import MarginSmoothing
+from softlabel.targets.decoupled import DecoupledTeacher
 from softlabel.targets.dist import DIST
 from softlabel.targets.hard import Hard
 from softlabel.targets.online_smoothing import OnlineLabelSmoothing
@@ -17,6 +18,7 @@ __all__ = [
     "UniformPrior",
     "ClassPrior",
     "Teacher",
+    "DecoupledTeacher",
     "PreviousModel",
     "OnlineLabelSmoothing",
     "VirtualTeacher",
