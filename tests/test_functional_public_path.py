@@ -45,6 +45,7 @@ def _public_calls(s, y, t, prev, matrix):
         "kd_tvd": lambda: SF.distillation_loss(s, t, y, 4.0, 0.9, divergence="tvd"),
         "kd_std": lambda: SF.distillation_loss(s, t, y, 4.0, 0.9, standardize=True),
         "dkd": lambda: SF.decoupled_distillation_loss(s, t, y, 4.0, 1.0, 8.0),
+        "relax": lambda: SF.label_relaxation_loss(s, y, 0.1),
         "reloop": lambda: SF.self_correction_loss(s, y, prev, 0.5),
         "module_kd": lambda: SoftTargetLoss(Teacher(4.0, 0.9))(s, y, t),
     }
@@ -61,6 +62,7 @@ PUBLIC_CALLS = [
     "kd_tvd",
     "kd_std",
     "dkd",
+    "relax",
     "reloop",
     "module_kd",
 ]

@@ -12,10 +12,12 @@ from softlabel.functional.dist import dist_loss
 from softlabel.functional.distillation import distillation_loss
 from softlabel.functional.linear import (
     linear_cross_entropy_loss,
+    linear_decoupled_distillation_loss,
     linear_distillation_loss,
     linear_label_smoothing_loss,
     linear_self_correction_loss,
 )
+from softlabel.functional.relaxation import label_relaxation_loss
 from softlabel.functional.self_correction import self_correction_loss
 from softlabel.functional.smoothing import label_smoothing_loss
 from softlabel.functional.virtual_teacher import virtual_teacher_loss
@@ -25,6 +27,7 @@ __all__ = [
     "label_smoothing_loss",
     "distillation_loss",
     "decoupled_distillation_loss",
+    "label_relaxation_loss",
     "self_correction_loss",
     "virtual_teacher_loss",
     "margin_smoothing_loss",
@@ -32,5 +35,6 @@ __all__ = [
     "linear_cross_entropy_loss",
     "linear_label_smoothing_loss",
     "linear_distillation_loss",
+    "linear_decoupled_distillation_loss",
     "linear_self_correction_loss",
 ]

@@ -473,3 +473,29 @@ def dkd_chunk(
     g.sub_(work_b, alpha=temperature * nckd_weight)
     g.scatter_add_(1, y, (at_y - ce_weight).unsqueeze(1))
     return loss
+
+
+def relax_chunk(s: Tensor, y: Tensor, g: Tensor, alpha: float) -> Tensor:
+    """Label relaxation (Lienen and Huellermeier, AAAI 2021): KL(p_r || p) where p_y < 1 - alpha,
+    else 0, with p_r_y = 1 - alpha and p_r_k = alpha p_k / (1 - p_y) (p_r a constant).
+
+    On the non-target classes p_r / p = alpha / (1 - p_y), so
+    loss = (1 - alpha) log((1 - alpha) / p_y) + alpha log(alpha / (1 - p_y)), with log p_y from
+    the logits; grad = p - p_r: p_k (1 - alpha / (1 - p_y)) for k != y, p_y - (1 - alpha) at y.
+    """
+    src = _source_rows(s, g)
+    s_y = src.gather(1, y).view(-1)
+    m, log_z = _softmax_log_z(src, g)
+    p_y = g.gather(1, y).view(-1)
+    active = p_y < 1.0 - alpha
+    loss = (1.0 - alpha) * (math.log1p(-alpha) - ((s_y - m) - log_z)) if alpha < 1.0 else 0.0
+    if alpha > 0.0:
+        rest = torch.log1p(-p_y).neg_().add_(math.log(alpha))  # log(alpha / (1 - p_y))
+        loss = loss + alpha * rest
+        c = (1.0 - p_y).reciprocal_().mul_(-alpha).add_(1.0)
+    else:
+        c = torch.ones_like(p_y)
+    zero = torch.zeros_like(p_y)
+    g.mul_(torch.where(active, c, zero).unsqueeze(1))
+    g.scatter_(1, y, torch.where(active, p_y - (1.0 - alpha), zero).unsqueeze(1))
+    return torch.where(active, loss, zero)

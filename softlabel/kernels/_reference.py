@@ -109,6 +109,19 @@ def per_row_loss(
         nckd = torch.where(target, torch.zeros_like(nckd_terms), nckd_terms).sum(dim=1)
         soft = (t * t) * (spec.tckd_weight * tckd + spec.nckd_weight * nckd)
         loss = soft + spec.ce_weight * hard
+    elif spec.mode == "relax":
+        # KL(p_r || p) = (1 - a) log((1 - a) / p_y) + a log(a / (1 - p_y)): its gradient is
+        # p - p_r (the p_r path adds 0), its second derivative that of the gradient field
+        alpha = spec.alpha
+        target = F.one_hot(labels, s.shape[1]).bool()
+        log_p_y = log_p[target]
+        kl = torch.zeros_like(log_p_y)
+        if alpha < 1.0:
+            kl = kl + (1.0 - alpha) * (math.log1p(-alpha) - log_p_y)
+        if alpha > 0.0:
+            log_rest = torch.logsumexp(log_p.masked_fill(target, float("-inf")), dim=1)
+            kl = kl + alpha * (math.log(alpha) - log_rest)
+        loss = torch.where(log_p_y.exp() < 1.0 - alpha, kl, torch.zeros_like(kl))
     elif spec.mode == "reloop":
         p = log_p.exp()
         previous = spec.previous.to(dtype)

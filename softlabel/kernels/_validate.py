@@ -87,8 +87,8 @@ def validate_inputs(
     n, k = logits.shape
     dev = logits.device
     needs_target = not (spec.mode == "kd" and spec.alpha == 1.0)
-    if spec.mode == "dkd" and spec.soft_target is not None:
-        raise ValueError("mode='dkd' needs class indices: TCKD and NCKD split at the target class")
+    if spec.mode in ("dkd", "relax") and spec.soft_target is not None:
+        raise ValueError(f"mode={spec.mode!r} needs class indices, not probability targets")
     if target is not None or needs_target:
         if target is None:
             raise ValueError(f"target is required for mode={spec.mode!r} unless mode='kd', alpha=1")
@@ -132,7 +132,7 @@ def validate_inputs(
         raise ValueError(f"previous is only used by mode='reloop', got mode={spec.mode!r}")
     _check_divergence(spec)
     if spec.mode in ("hard", "ls", "dkd") and spec.alpha != 0.0:
-        raise ValueError(f"alpha={spec.alpha} is only used by modes 'kd' and 'reloop'")
+        raise ValueError(f"alpha={spec.alpha} is only used by modes 'kd', 'reloop' and 'relax'")
     rows = spec.chunk_rows
     if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
         raise ValueError(f"chunk_rows must be None or an int >= 1, got {rows!r}")

@@ -26,7 +26,7 @@ from softlabel.kernels import _chunk_math
 from softlabel.kernels._reference import per_row_loss
 from softlabel.kernels._validate import validate_inputs
 
-MODES = ("hard", "ls", "kd", "reloop", "dkd")
+MODES = ("hard", "ls", "kd", "reloop", "dkd", "relax")
 
 #: Bytes of all (chunk_rows, K) arrays one chunk touches (inputs and work buffers together),
 #: per device type. On CPU a chunk's arrays should stay in the last-level cache between the
@@ -41,7 +41,7 @@ DEFAULT_CHUNK_BYTES = 256 << 20
 #: (chunk_rows, K) arrays a chunk touches per mode: logits and gradient, plus teacher and two
 #: work buffers for distillation. ``_arrays(spec)`` refines this per call (one more work
 #: buffer for a prior matrix or the JSD).
-_ARRAYS_PER_MODE = {"hard": 2, "ls": 2, "reloop": 2, "kd": 5, "dkd": 5}
+_ARRAYS_PER_MODE = {"hard": 2, "ls": 2, "reloop": 2, "kd": 5, "dkd": 5, "relax": 2}
 
 
 @dataclass(frozen=True)
@@ -221,6 +221,8 @@ def _chunk_loss(
             )
         prior_sum = 1.0 if prior_sum is None else prior_sum
         return _chunk_math.ce_ls_chunk(s, y, g, spec.eps, prior_eps, prior_sum, q)
+    if spec.mode == "relax":
+        return _chunk_math.relax_chunk(s, y, g, spec.alpha)
     if spec.mode == "reloop":
         prev = spec.previous[a:b]
         if q is not None:
@@ -346,6 +348,9 @@ def fused_soft_target_loss(
       KD (Zhao et al., CVPR 2022): TCKD = KL(b_t || b_s) of the binary (target, rest) masses
       of p_t^T and p_s^T, NCKD = KL of p_t^T and p_s^T renormalised over the non-target
       classes. Needs ``target``.
+    - ``"relax"``: label relaxation (Lienen and Huellermeier, AAAI 2021), KL(p_r || p) where
+      p_y < 1 - alpha, else 0; p_r_y = 1 - alpha, p_r_k = alpha p_k / (1 - p_y), no gradient
+      through p_r.
     - ``"reloop"``: (1 - alpha) CE + alpha max(0, q_y - p_y), ``previous`` = q as (N, K)
       probabilities or the already gathered q_y (N,).
 

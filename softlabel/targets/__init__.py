@@ -8,6 +8,7 @@ from softlabel.targets.dist import DIST
 from softlabel.targets.hard import Hard
 from softlabel.targets.online_smoothing import OnlineLabelSmoothing
 from softlabel.targets.previous_model import PreviousModel
+from softlabel.targets.relaxation import LabelRelaxation
 from softlabel.targets.smoothing import ClassPrior, UniformPrior
 from softlabel.targets.teacher import Teacher
 from softlabel.targets.virtual_teacher import VirtualTeacher
@@ -19,6 +20,7 @@ __all__ = [
     "ClassPrior",
     "Teacher",
     "DecoupledTeacher",
+    "LabelRelaxation",
     "PreviousModel",
     "OnlineLabelSmoothing",
     "VirtualTeacher",
