@@ -12,7 +12,6 @@ from softlabel.functional.dist import dist_loss
 from softlabel.functional.distillation import distillation_loss
 from softlabel.functional.linear import (
     linear_cross_entropy_loss,
-    linear_decoupled_distillation_loss,
     linear_distillation_loss,
     linear_label_smoothing_loss,
     linear_self_correction_loss,
@@ -35,6 +34,5 @@ __all__ = [
     "linear_cross_entropy_loss",
     "linear_label_smoothing_loss",
     "linear_distillation_loss",
-    "linear_decoupled_distillation_loss",
     "linear_self_correction_loss",
 ]
