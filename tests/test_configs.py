@@ -187,3 +187,41 @@ def test_teacher_free_and_dist_targets_compose_with_every_teacher(teacher, tmp_p
                 build_reference_provider(cfg, source.reference, None)
         else:
             assert source.reference == "teacher_logits" and cfg.teacher.kind in ("live", "cached")
+
+
+#: Targets that read teacher logits: each composes with a live and a cached teacher, and
+#: teacher=none is refused before training.
+TEACHER_TARGETS = ("kd", "kd_reverse", "kd_jsd", "kd_tvd", "kd_std", "dkd")
+
+
+@pytest.mark.parametrize("option", TEACHER_TARGETS)
+def test_teacher_targets_compose_with_live_and_cached_teachers(option, tmp_path):
+    from softlabel.modules.build import build_reference_provider
+
+    for teacher, kind, extra in (
+        ("mlp", "live", ["teacher.checkpoint=x.ckpt"]),
+        ("cached", "cached", [f"teacher.cache={tmp_path}"]),
+        ("none", "none", []),
+    ):
+        cfg = _compose(f"target={option}", f"teacher={teacher}", *extra)
+        source = instantiate(cfg.target)
+        assert (source.name, source.reference, cfg.teacher.kind) == (
+            option,
+            "teacher_logits",
+            kind,
+        )
+    with pytest.raises(ValueError, match="needs a teacher"):
+        build_reference_provider(cfg, source.reference, None)
+
+
+def test_dkd_warmup_schedule_from_the_command_line():
+    value = (
+        "{_target_:softlabel.targets.decoupled.warmup_schedule,value:8.0,"
+        "epochs:${trainer.max_epochs}}"
+    )
+    cfg = _compose("target=dkd", "trainer.max_epochs=40", f"target.beta={value}")
+    source = instantiate(cfg.target)
+    source.set_progress(0.0)
+    assert source.beta == pytest.approx(0.4)  # 8 * 1/20 in the first of 40 epochs
+    source.set_progress(19.5 / 40)  # epoch 20
+    assert source.beta == pytest.approx(8.0)
