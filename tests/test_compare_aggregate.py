@@ -231,3 +231,22 @@ def test_pretrained_table_shows_the_selected_and_the_last_checkpoint(tmp_path: P
     table = text[text.index("## Pretrained models") :]
     assert "test acc (selected) | test acc (last)" in table
     assert "| 0.9733 | 0.9533 |" in table  # best test/acc = acc, last = acc - 0.02
+
+
+def test_reliability_reads_the_predictions_of_the_chosen_checkpoint(tmp_path: Path) -> None:
+    from softlabel.compare.report import method_reliability
+
+    target = np.array([0, 1, 1, 1])
+    best = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])  # 3 of 4 right
+    last = np.array([[0.4, 0.6], [0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])  # 1 of 4 right
+    make_run(tmp_path / "r", "kd", 0, 0.9, 0.1, probs=(best, target))
+    np.savez(tmp_path / "r" / "predictions_test_last.npz", probs=last, target=target)
+    records = load_runs([tmp_path])
+    for checkpoint, right in (("best", 3), ("last", 1)):
+        bins, binary = method_reliability(records, n_bins=10, checkpoint=checkpoint)
+        assert not binary
+        counts = bins["kd"].count
+        hits = np.nansum(bins["kd"].accuracy * counts)
+        assert counts.sum() == 4 and float(hits) == pytest.approx(right)
+    with pytest.raises(ValueError, match="checkpoint must be one of"):
+        method_reliability(records, checkpoint="final")

@@ -225,21 +225,28 @@ def test_cli_multirun_end_to_end(tmp_path):
     assert (tmp_path / "sweep" / "1" / ".hydra" / "config.yaml").is_file()
 
 
-def test_save_predictions_writes_the_val_selected_test_probabilities(tmp_path):
+def test_save_predictions_writes_the_test_probabilities_of_both_checkpoints(tmp_path):
     import numpy as np
 
     from softlabel.modules.build import build_datamodule
 
-    cfg = _compose(*QUICK, "trainer.max_epochs=2", "save_predictions=true", "threads=1")
+    # 6 epochs: the val-selected epoch differs from the last one in this run
+    cfg = _compose(*QUICK, "trainer.max_epochs=6", "save_predictions=true", "threads=1")
     record = train(cfg, tmp_path)
-    assert record["predictions"] == "predictions_test.npz"
-    saved = np.load(tmp_path / "predictions_test.npz")
-    probs, target, index = saved["probs"], saved["target"], saved["index"]
+    files = {"best": "predictions_test.npz", "last": "predictions_test_last.npz"}
+    assert record["predictions"] == files
     datamodule = build_datamodule(cfg)
-    np.testing.assert_array_equal(np.sort(index), datamodule.split.test)
-    assert probs.shape == (len(index), datamodule.num_classes)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    # the same weights that metrics.json reports as "best" on test
-    accuracy = float((probs.argmax(axis=1) == target).mean())
-    assert accuracy == pytest.approx(record["best"]["test/acc"], abs=1e-6)
+    accuracies = {}
+    for which, name in files.items():
+        saved = np.load(tmp_path / name)
+        probs, target, index = saved["probs"], saved["target"], saved["index"]
+        np.testing.assert_array_equal(np.sort(index), datamodule.split.test)
+        assert probs.shape == (len(index), datamodule.num_classes)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        # the same weights that metrics.json reports as "best" / "last" on test
+        accuracies[which] = float((probs.argmax(axis=1) == target).mean())
+        assert accuracies[which] == pytest.approx(record[which]["test/acc"], abs=1e-6)
+    best_probs = np.load(tmp_path / files["best"])["probs"]
+    last_probs = np.load(tmp_path / files["last"])["probs"]
+    assert (record["best"]["epoch"] == record["epochs"] - 1) == np.allclose(best_probs, last_probs)
     assert torch.get_num_threads() == 1

@@ -14,7 +14,7 @@ from ._io import atomic_write, atomic_write_text
 from .calibration import ReliabilityBins, load_predictions, reliability_bins
 from .curves import mean_curves
 from .plots import plot_curves, plot_metric_bars, plot_reliability
-from .runs import PREDICTIONS_FILE, RunRecord
+from .runs import PREDICTIONS_FILES, RunRecord
 from .table import DEFAULT_METRICS, available_metrics, format_mean_std, results_frame, summarize
 
 __all__ = ["Report", "best_on_validation", "method_reliability", "summary_markdown", "write_report"]
@@ -31,16 +31,22 @@ class Report:
 
 
 def method_reliability(
-    records: Sequence[RunRecord], n_bins: int = 15
+    records: Sequence[RunRecord], n_bins: int = 15, checkpoint: str = "best"
 ) -> tuple[dict[str, ReliabilityBins], bool]:
     """Per method, the reliability bins of its finished runs' pooled test predictions.
 
-    Reads ``predictions_test.npz`` (arrays ``probs``, ``target``) in each run directory;
-    methods with no such file are left out. Also returns whether the task is binary.
+    Reads the test predictions of ``checkpoint`` (``best``: ``predictions_test.npz``, the
+    val-selected weights; ``last``: ``predictions_test_last.npz``, the final weights; arrays
+    ``probs``, ``target``) in each run directory; methods with no such file are left out.
+    Also returns whether the task is binary.
     """
+    if checkpoint not in PREDICTIONS_FILES:
+        raise ValueError(
+            f"checkpoint must be one of {sorted(PREDICTIONS_FILES)}, got {checkpoint!r}"
+        )
     pooled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for record in records:
-        path = record.run_dir / PREDICTIONS_FILE
+        path = record.run_dir / PREDICTIONS_FILES[checkpoint]
         if record.ok and record.role == "method" and path.is_file():
             probs, target = load_predictions(path)
             pooled.setdefault(record.method, ([], []))
@@ -263,16 +269,19 @@ def write_report(
         plots["curves"] = plot_curves(curves, out_dir / "plots" / "curves.png")
     else:
         notes.append("_No training curves: no finished run has a `metrics.csv` log._")
-    bins, binary = method_reliability(records, n_bins)
+    # the diagrams show the headline's weights, as the first table does
+    bins, binary = method_reliability(records, n_bins, checkpoint=headline)
+    weights = "final" if headline == "last" else "validation-selected"
     if bins:
         bins = {m: bins[m] for m in (order or list(bins)) if m in bins}
         plots["reliability"] = plot_reliability(
             bins, out_dir / "plots" / "reliability.png", binary=binary
         )
+        notes.append(f"_Reliability diagrams: test predictions of the {weights} weights._")
     else:
         notes.append(
-            f"_No reliability diagrams: no finished run saved `{PREDICTIONS_FILE}` "
-            "(test probabilities and labels)._"
+            f"_No reliability diagrams: no finished run saved `{PREDICTIONS_FILES[headline]}` "
+            f"(test probabilities and labels of the {weights} weights)._"
         )
     rel = {name: os.path.relpath(path, out_dir) for name, path in plots.items()}
     text = summary_markdown(

@@ -11,6 +11,7 @@ from typing import Any
 __all__ = [
     "METRICS_FILE",
     "PREDICTIONS_FILE",
+    "PREDICTIONS_FILES",
     "RunRecord",
     "find_run_dirs",
     "load_runs",
@@ -21,6 +22,8 @@ __all__ = [
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions_test.npz"
+#: Test predictions saved by ``save_predictions=true``, per checkpoint (val-selected, final).
+PREDICTIONS_FILES = {"best": PREDICTIONS_FILE, "last": "predictions_test_last.npz"}
 REQUIRED_KEYS = ("method", "seed", "last", "best")
 
 

@@ -30,13 +30,15 @@ __all__ = [
     "CHECKPOINT_DIR",
     "METRICS_FILE",
     "PREDICTIONS_FILE",
+    "PREDICTIONS_LAST_FILE",
     "run_training",
     "save_test_predictions",
     "write_json_atomic",
 ]
 
 METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions_test.npz"
+PREDICTIONS_FILE = "predictions_test.npz"  # the val-selected weights
+PREDICTIONS_LAST_FILE = "predictions_test_last.npz"  # the final weights
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -468,6 +470,10 @@ def _train(
     run.mark()  # also when a resumed run had nothing left to train
 
     last = _evaluate(trainer, module, datamodule, None)
+    save_predictions = bool(cfg.get("save_predictions")) and trainer.is_global_zero
+    if save_predictions:  # the module holds the final weights here
+        last_path = os.path.join(output_dir, PREDICTIONS_LAST_FILE)
+        save_test_predictions(module, datamodule, last_path)
     best: dict[str, Any] | None = None
     best_path = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
     if best_path and os.path.isfile(best_path):
@@ -498,11 +504,11 @@ def _train(
         "data_fingerprint": getattr(datamodule, "fingerprint", None),
     }
     if trainer.is_global_zero:
-        if cfg.get("save_predictions"):
+        if save_predictions:
             # The module holds the val-selected weights here (the last evaluation loaded
             # best.ckpt, or there is none and they are the final weights).
             save_test_predictions(module, datamodule, os.path.join(output_dir, PREDICTIONS_FILE))
-            record["predictions"] = PREDICTIONS_FILE
+            record["predictions"] = {"best": PREDICTIONS_FILE, "last": PREDICTIONS_LAST_FILE}
         write_json_atomic(os.path.join(output_dir, METRICS_FILE), _jsonable(record))
     return record
 
