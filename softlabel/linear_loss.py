@@ -10,13 +10,23 @@ from torch import Tensor, nn
 from softlabel.functional._validation import check_reduction
 from softlabel.functional.linear import (
     linear_cross_entropy_loss,
+    linear_decoupled_distillation_loss,
     linear_distillation_loss,
     linear_label_smoothing_loss,
     linear_self_correction_loss,
 )
-from softlabel.targets import ClassPrior, Hard, PreviousModel, Teacher, TargetSource, UniformPrior
+from softlabel.targets import (
+    ClassPrior,
+    DecoupledTeacher,
+    Hard,
+    PreviousModel,
+    TargetSource,
+    Teacher,
+    UniformPrior,
+)
 
-_SUPPORTED = (Hard, UniformPrior, ClassPrior, Teacher, PreviousModel)
+_SUPPORTED = (Hard, UniformPrior, ClassPrior, Teacher, DecoupledTeacher, PreviousModel)
+_TEACHERS = (Teacher, DecoupledTeacher)
 
 
 class LinearSoftTargetLoss(nn.Module):
@@ -24,13 +34,16 @@ class LinearSoftTargetLoss(nn.Module):
     teacher_weight=None, teacher_bias=None, previous_probs=None)``.
 
     The value and the gradients of ``hidden``, ``weight`` and ``bias`` are those of
-    ``SoftTargetLoss(source)(F.linear(hidden, weight, bias), target, reference)`` with
-    ``reference`` the teacher's ``F.linear(teacher_hidden, teacher_weight, teacher_bias)``
-    (``Teacher``) or ``previous_probs`` (``PreviousModel``), but the (N, V) logits are never
-    built: the functions of ``softlabel.functional.linear`` run the head and the loss chunk
-    by chunk. ``hidden`` (..., H), ``weight`` (V, H) (``nn.Linear(H, V).weight``), ``bias``
-    (V,). The constructor's ``weight`` is the per-class weight, as for ``SoftTargetLoss``;
-    ``chunk_rows`` overrides the kernel's chunk size. Multiclass only.
+    ``SoftTargetLoss(source)(F.linear(hidden, weight, bias), target, reference)``, but the
+    (N, V) logits are never built: the functions of ``softlabel.functional.linear`` run the
+    head and the loss chunk by chunk. ``reference`` there is the teacher's
+    ``F.linear(teacher_hidden, teacher_weight, teacher_bias)`` (``Teacher`` with any
+    divergence, ``DecoupledTeacher``) or ``previous_probs`` (``PreviousModel``); the other
+    sources with a per-row loss are ``Hard``, ``UniformPrior`` and ``ClassPrior`` (a prior
+    vector or a class-conditional matrix). ``hidden`` (..., H), ``weight`` (V, H)
+    (``nn.Linear(H, V).weight``), ``bias`` (V,). The constructor's ``weight`` is the per-class
+    weight, as for ``SoftTargetLoss``; ``chunk_rows`` overrides the kernel's chunk size.
+    Multiclass only.
 
     A model opts in by exposing ``features(x)`` (the hidden states) and ``head`` (an
     ``nn.Linear``) with ``model(x) == model.head(model.features(x))``; then
@@ -110,7 +123,7 @@ class LinearSoftTargetLoss(nn.Module):
             )
             if value is not None
         ]
-        if teacher_given and not isinstance(source, Teacher):
+        if teacher_given and not isinstance(source, _TEACHERS):
             raise ValueError(
                 f"{type(source).__name__} takes no teacher head, got {', '.join(teacher_given)}"
             )
@@ -125,22 +138,38 @@ class LinearSoftTargetLoss(nn.Module):
             "class_weight": self.weight,
             "chunk_rows": self.chunk_rows,
         }
-        if isinstance(source, Teacher):
+        if isinstance(source, _TEACHERS):
             if teacher_hidden is None or teacher_weight is None:
                 raise ValueError(
-                    "Teacher needs the teacher's head: pass teacher_hidden and teacher_weight "
-                    "(and teacher_bias if it has one)"
+                    f"{type(source).__name__} needs the teacher's head: pass teacher_hidden and "
+                    "teacher_weight (and teacher_bias if it has one)"
                 )
-            return linear_distillation_loss(
-                hidden,
-                weight,
-                target,
-                bias,
+            options.update(
                 teacher_hidden=teacher_hidden,
                 teacher_weight=teacher_weight,
                 teacher_bias=teacher_bias,
                 temperature=source.temperature,
                 alpha=source.alpha,
+            )
+            if isinstance(source, DecoupledTeacher):
+                return linear_decoupled_distillation_loss(
+                    hidden,
+                    weight,
+                    target,
+                    bias,
+                    beta=source.beta,
+                    ce_weight=source.ce_weight,
+                    **options,
+                )
+            if source.divergence == "jsd":
+                options["beta"] = source.beta
+            return linear_distillation_loss(
+                hidden,
+                weight,
+                target,
+                bias,
+                divergence=source.divergence,
+                standardize=source.standardize,
                 **options,
             )
         if isinstance(source, PreviousModel):

@@ -18,13 +18,25 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import softlabel.functional as SF
 from softlabel import LinearSoftTargetLoss, SoftTargetLoss
 from softlabel.kernels import default_linear_chunk_rows
-from softlabel.targets import ClassPrior, Hard, PreviousModel, Teacher, UniformPrior
+from softlabel.targets import (
+    ClassPrior,
+    DecoupledTeacher,
+    Hard,
+    PreviousModel,
+    Teacher,
+    UniformPrior,
+)
 
 IGNORE = -100
 EPS, T, KD_ALPHA, RELOOP_ALPHA = 0.1, 2.0, 0.7, 0.4
 H, TH, V = 6, 4, 7
+JSD_BETA, DKD_ALPHA, DKD_BETA, DKD_CE = 0.3, 1.5, 2.0, 0.5
 PRIOR = torch.tensor([0.3, 0.1, 0.2, 0.05, 0.15, 0.1, 0.1])
+MATRIX = torch.softmax(torch.randn(V, V, generator=torch.Generator().manual_seed(5)), -1)
 NAMES = ["ce", "ls", "ls_prior", "kd", "reloop"]
+# the sources of the divergences, DKD and class-conditional smoothing issues
+MORE_NAMES = ["kd_reverse", "kd_jsd", "kd_tvd", "kd_std", "dkd", "ls_matrix"]
+TEACHER_NAMES = {"kd", "kd_reverse", "kd_jsd", "kd_tvd", "kd_std", "dkd"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -35,6 +47,12 @@ def source_of(name):
         "ls_prior": ClassPrior(EPS, prior=PRIOR),
         "kd": Teacher(T, KD_ALPHA),
         "reloop": PreviousModel(RELOOP_ALPHA),
+        "kd_reverse": Teacher(T, KD_ALPHA, divergence="reverse_kl"),
+        "kd_jsd": Teacher(T, KD_ALPHA, divergence="jsd", beta=JSD_BETA),
+        "kd_tvd": Teacher(T, KD_ALPHA, divergence="tvd"),
+        "kd_std": Teacher(T, KD_ALPHA, standardize=True),
+        "dkd": DecoupledTeacher(T, DKD_ALPHA, DKD_BETA, DKD_CE),
+        "ls_matrix": ClassPrior(EPS, prior=MATRIX),
     }[name]
 
 
@@ -85,10 +103,12 @@ def reference(name, case, reduction="mean", class_weight=None):
         per = (1 - EPS) * ce - EPS * log_p.mean(-1)
     elif name == "ls_prior":
         per = (1 - EPS) * ce - EPS * (log_p * PRIOR.to(s.dtype)).sum(-1)
-    elif name == "kd":
-        log_q = F.log_softmax(t / T, -1)
-        kl = (log_q.exp() * (log_q - F.log_softmax(s / T, -1))).sum(-1)
-        per = (1 - KD_ALPHA) * ce + KD_ALPHA * T * T * kl
+    elif name == "ls_matrix":  # row y of M is class y's smoothing distribution
+        per = (1 - EPS) * ce - EPS * (log_p * MATRIX.to(s.dtype)[y0]).sum(-1)
+    elif name == "dkd":
+        per = DKD_CE * ce + T * T * _dkd(s, t, y0)
+    elif name.startswith("kd"):
+        per = (1 - KD_ALPHA) * ce + KD_ALPHA * T * T * _divergence(name, s, t)
     else:
         p_y = log_p.exp().gather(-1, y0[..., None])[..., 0]
         q_y = case["previous"].gather(-1, y0[..., None])[..., 0]
@@ -100,11 +120,48 @@ def reference(name, case, reduction="mean", class_weight=None):
     return per.sum() if reduction == "sum" else per.sum() / w.sum()
 
 
+def _standardized(x):
+    """z-score per position with Bessel's correction (Sun et al., 2024)."""
+    return (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-7)
+
+
+def _kl(log_a, log_b):
+    return (log_a.exp() * (log_a - log_b)).sum(-1)
+
+
+def _divergence(name, s, t):
+    """D(p_t^T, p_s^T) per position: forward/reverse KL, generalized JSD, total variation."""
+    if name == "kd_std":
+        s, t = _standardized(s), _standardized(t)
+    log_q, log_r = F.log_softmax(t / T, -1), F.log_softmax(s / T, -1)
+    if name == "kd_reverse":
+        return _kl(log_r, log_q)
+    if name == "kd_tvd":
+        return 0.5 * (log_q.exp() - log_r.exp()).abs().sum(-1)
+    if name == "kd_jsd":  # M = beta q + (1 - beta) r
+        log_m = (JSD_BETA * log_q.exp() + (1 - JSD_BETA) * log_r.exp()).log()
+        return JSD_BETA * _kl(log_q, log_m) + (1 - JSD_BETA) * _kl(log_r, log_m)
+    return _kl(log_q, log_r)
+
+
+def _dkd(s, t, y):
+    """alpha TCKD + beta NCKD (Zhao et al., 2022): binary KL of the target-class masses and
+    the KL of the softmaxes over the non-target classes."""
+    onehot = F.one_hot(y, s.shape[-1]).bool()
+    p_t, p_s = torch.softmax(t / T, -1), torch.softmax(s / T, -1)
+    t_y, s_y = p_t[onehot].view(y.shape), p_s[onehot].view(y.shape)
+    tckd = t_y * (t_y / s_y).log() + (1 - t_y) * ((1 - t_y) / (1 - s_y)).log()
+    log_q = F.log_softmax((t / T).masked_fill(onehot, float("-inf")), -1)
+    log_r = F.log_softmax((s / T).masked_fill(onehot, float("-inf")), -1)
+    terms = torch.where(onehot, torch.zeros_like(log_r), log_q.exp() * (log_q - log_r))
+    return DKD_ALPHA * tckd + DKD_BETA * terms.sum(-1)
+
+
 def linear_module(name, case, **options):
     """LinearSoftTargetLoss(source) on the heads."""
     loss = LinearSoftTargetLoss(source_of(name), **options)
     extra = {}
-    if name == "kd":
+    if name in TEACHER_NAMES:
         extra = {k: case[k] for k in ("teacher_hidden", "teacher_weight", "teacher_bias")}
     if name == "reloop":
         extra = {"previous_probs": case["previous"]}
@@ -115,17 +172,23 @@ def materialized_module(name, case, **options):
     """SoftTargetLoss(source) on the materialized logits (the path the linear loss replaces)."""
     options.pop("chunk_rows", None)
     s, t = materialized(case)
-    reference_input = {"kd": t, "reloop": case["previous"]}.get(name)
+    reference_input = t if name in TEACHER_NAMES else None
+    if name == "reloop":
+        reference_input = case["previous"]
     return SoftTargetLoss(source_of(name), **options)(s, case["target"], reference_input)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("layout", ["3d_bias", "2d_no_bias"])
-def test_values_and_gradients_match_reference_and_materialized_path(name, reduction, dtype, layout):
+@pytest.mark.parametrize(
+    ("dtype", "positions", "bias"),
+    [(torch.float64, (2, 5), True), (torch.float32, (11,), False)],
+    ids=["fp64_3d_bias", "fp32_2d_no_bias"],
+)
+def test_values_and_gradients_match_reference_and_materialized_path(
+    name, reduction, dtype, positions, bias
+):
     """N = 10 or 11 rows in chunks of 4 (not a divisor), ignored rows, bias or not."""
-    positions, bias = ((2, 5), True) if layout == "3d_bias" else ((11,), False)
     case = make_case(positions, dtype, bias)
     ours = linear_module(name, case, reduction=reduction, chunk_rows=4)
     assert ours.dtype == dtype and ours.shape == (positions if reduction == "none" else ())
@@ -135,6 +198,19 @@ def test_values_and_gradients_match_reference_and_materialized_path(name, reduct
     assert_same_values_and_grads(
         ours, materialized_module(name, case, reduction=reduction), inputs, dtype
     )
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("name", MORE_NAMES)
+def test_divergences_dkd_and_prior_matrix_match_reference_and_materialized_path(name, reduction):
+    """Every mode the per-chunk math dispatches works through the linear head unchanged."""
+    case = make_case((2, 5), torch.float64, True)
+    inputs = grad_inputs(case)
+    ours = linear_module(name, case, reduction=reduction, chunk_rows=4)
+    assert_same_values_and_grads(ours, reference(name, case, reduction), inputs, torch.float64)
+    ours = linear_module(name, case, reduction=reduction, chunk_rows=4)
+    expected = materialized_module(name, case, reduction=reduction)
+    assert_same_values_and_grads(ours, expected, inputs, torch.float64)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -158,11 +234,9 @@ def test_all_rows_ignored_give_zero_and_zero_gradients(name):
         assert all(torch.count_nonzero(g) == 0 for g in grads)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ["ce", "ls", "kd", "reloop"])  # PRIOR has 7 classes
 def test_two_classes(name):
     case = make_case((9,), vocab=2)
-    if name == "ls_prior":
-        pytest.skip("PRIOR has 7 classes")
     ours = linear_module(name, case, chunk_rows=4)
     expected = materialized_module(name, case)
     assert_same_values_and_grads(ours, expected, grad_inputs(case), torch.float64)
@@ -190,10 +264,16 @@ def test_pure_distillation_without_target():
     assert_same_values_and_grads(ours, expected, grad_inputs(case), torch.float64)
 
 
-@pytest.mark.parametrize("reduction", ["mean", "none"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    ("name", "reduction"),
+    [(name, "mean") for name in [*NAMES, "kd_jsd", "dkd"]] + [("ls", "none"), ("kd", "none")],
+)
 def test_gradcheck_hidden_weight_bias(name, reduction):
+    """fp64 gradcheck of hidden, weight and bias: the full Jacobian for kd (mean, gradients
+    from forward) and ls (none, gradients from backward's second pass); random projections
+    (fast_mode) for the other modes, whose chunk math the full checks share."""
     case = make_case((4,), seed=1, size=3)
+    full = (name, reduction) in (("kd", "mean"), ("ls", "none"))
 
     def fn(hidden, weight, bias):
         return linear_module(
@@ -203,7 +283,9 @@ def test_gradcheck_hidden_weight_bias(name, reduction):
             chunk_rows=2,
         )
 
-    assert torch.autograd.gradcheck(fn, (case["hidden"], case["weight"], case["bias"]))
+    assert torch.autograd.gradcheck(
+        fn, (case["hidden"], case["weight"], case["bias"]), fast_mode=not full
+    )
 
 
 @pytest.mark.parametrize(("name", "reduction"), [("ls", "none"), ("kd", "mean")])
@@ -219,7 +301,9 @@ def test_double_backward_gradgradcheck(name, reduction):
             chunk_rows=3,
         )
 
-    assert torch.autograd.gradgradcheck(fn, (case["hidden"], case["weight"], case["bias"]))
+    assert torch.autograd.gradgradcheck(
+        fn, (case["hidden"], case["weight"], case["bias"]), fast_mode=True
+    )
 
 
 def test_backward_twice_with_retained_graph_gives_the_same_gradients():

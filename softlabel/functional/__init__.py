@@ -12,6 +12,7 @@ from softlabel.functional.dist import dist_loss
 from softlabel.functional.distillation import distillation_loss
 from softlabel.functional.linear import (
     linear_cross_entropy_loss,
+    linear_decoupled_distillation_loss,
     linear_distillation_loss,
     linear_label_smoothing_loss,
     linear_self_correction_loss,
@@ -34,5 +35,6 @@ __all__ = [
     "linear_cross_entropy_loss",
     "linear_label_smoothing_loss",
     "linear_distillation_loss",
+    "linear_decoupled_distillation_loss",
     "linear_self_correction_loss",
 ]

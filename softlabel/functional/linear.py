@@ -30,7 +30,11 @@ from softlabel.functional._reduction import _reduce
 from softlabel.functional._validation import (
     Positions,
     check_alpha,
+    check_beta,
+    check_divergence,
     check_finite,
+    check_flag,
+    check_loss_weight,
     check_previous,
     check_prior,
     check_reduction,
@@ -272,21 +276,32 @@ def linear_distillation_loss(
     teacher_bias: Tensor | None = None,
     temperature: float = 4.0,
     alpha: float = 0.9,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    standardize: bool = False,
     ignore_index: int = -100,
     reduction: str = "mean",
     class_weight: Tensor | None = None,
     chunk_rows: int | None = None,
 ) -> Tensor:
-    """``distillation_loss(s, t, target, temperature, alpha)`` with s = F.linear(hidden,
-    weight, bias) and t = F.linear(teacher_hidden, teacher_weight, teacher_bias), neither
-    built: ``(1 - alpha) CE(s, y) + alpha T^2 KL(softmax(t/T) || softmax(s/T))`` (Hinton et
-    al., 2015). The teacher's head runs chunk by chunk too and gets no gradient; its hidden
-    size may differ from the student's, its vocabulary may not. ``target=None`` needs
-    ``alpha=1``."""
+    """``distillation_loss(s, t, target, temperature, alpha, divergence=..., beta=...,
+    standardize=...)`` with s = F.linear(hidden, weight, bias) and t = F.linear(teacher_hidden,
+    teacher_weight, teacher_bias), neither built: ``(1 - alpha) CE(s, y) + alpha T^2
+    D(softmax(t/T), softmax(s/T))``, D the forward KL (Hinton et al., 2015), reverse KL,
+    generalized JSD or total variation (see ``distillation_loss``). The teacher's head runs
+    chunk by chunk too and gets no gradient; its hidden size may differ from the student's,
+    its vocabulary may not. ``target=None`` needs ``alpha=1``."""
     check_reduction(reduction)
     temperature = check_temperature(temperature)
     alpha = check_alpha(alpha)
+    divergence = check_divergence(divergence)
+    beta = check_beta(beta)
+    standardize = check_flag("standardize", standardize)
     chunk_rows = _check_chunk_rows(chunk_rows)
+    if divergence != "jsd" and beta != 0.5:
+        raise ValueError(
+            f"beta is only used by divergence='jsd', got beta={beta} with divergence={divergence!r}"
+        )
     if target is None and alpha < 1.0:
         raise ValueError(
             f"target=None is only allowed with alpha=1 (pure distillation), got alpha={alpha}; "
@@ -295,6 +310,26 @@ def linear_distillation_loss(
     head, positions = _prepare(
         hidden, weight, bias, target, ignore_index=ignore_index, class_weight=class_weight
     )
+    teacher = _teacher_head(head, teacher_hidden, teacher_weight, teacher_bias)
+    return _linear_loss(
+        head,
+        positions,
+        "kd",
+        reduction,
+        chunk_rows,
+        teacher,
+        temperature=temperature,
+        alpha=alpha,
+        divergence=divergence,
+        beta=beta,
+        standardize=standardize,
+    )
+
+
+def _teacher_head(
+    head: LinearHead, teacher_hidden: Any, teacher_weight: Any, teacher_bias: Any
+) -> LinearHead:
+    """The teacher's head, checked against the student's positions and vocabulary."""
     teacher = LinearHead(
         *_check_head(
             "teacher_", teacher_hidden, teacher_weight, teacher_bias, head.hidden.shape[:-1]
@@ -310,15 +345,62 @@ def linear_distillation_loss(
         raise ValueError(
             f"teacher_hidden is on {teacher.hidden.device} but hidden on {head.hidden.device}"
         )
+    return teacher
+
+
+def linear_decoupled_distillation_loss(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Tensor | None = None,
+    *,
+    teacher_hidden: Tensor,
+    teacher_weight: Tensor,
+    teacher_bias: Tensor | None = None,
+    temperature: float = 4.0,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    ce_weight: float = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    class_weight: Tensor | None = None,
+    chunk_rows: int | None = None,
+) -> Tensor:
+    """``decoupled_distillation_loss(s, t, target, temperature, alpha, beta, ce_weight)``
+    with both heads' logits made chunk by chunk: ``ce_weight CE(s, y) + T^2 (alpha TCKD +
+    beta NCKD)`` (DKD, Zhao et al., 2022). Needs class indices."""
+    check_reduction(reduction)
+    temperature = check_temperature(temperature)
+    alpha = check_loss_weight("alpha", alpha)
+    beta = check_loss_weight("beta", beta)
+    ce_weight = check_loss_weight("ce_weight", ce_weight)
+    chunk_rows = _check_chunk_rows(chunk_rows)
+    if target is None:
+        raise ValueError(
+            "target is required for linear_decoupled_distillation_loss: TCKD and NCKD split the "
+            "classes at the target class, got target=None"
+        )
+    head, positions = _prepare(
+        hidden, weight, bias, target, ignore_index=ignore_index, class_weight=class_weight
+    )
+    if positions.probs is not None:
+        raise ValueError(
+            "linear_decoupled_distillation_loss needs class indices of shape "
+            f"{tuple(head.hidden.shape[:-1])}: TCKD and NCKD split the classes at the target "
+            f"class, got class probabilities of shape {tuple(target.shape)}"
+        )
+    teacher = _teacher_head(head, teacher_hidden, teacher_weight, teacher_bias)
     return _linear_loss(
         head,
         positions,
-        "kd",
+        "dkd",
         reduction,
         chunk_rows,
         teacher,
         temperature=temperature,
-        alpha=alpha,
+        tckd_weight=alpha,
+        nckd_weight=beta,
+        ce_weight=ce_weight,
     )
 
 

@@ -42,6 +42,7 @@ from softlabel.kernels.fused import (
     _chunk_loss,
     _compute_dtype,
     _graph_is_kept,
+    _work_buffers,
     grad_scale,
 )
 
@@ -74,15 +75,6 @@ def default_linear_chunk_rows(
     budget = LINEAR_CHUNK_BYTES.get(kind, DEFAULT_LINEAR_CHUNK_BYTES)
     per_row = (arrays * vocab_size + 2 * hidden_size) * itemsize
     return max(MIN_CHUNK_ROWS.get(kind, 1), budget // per_row, 1)
-
-
-def _work_buffers(spec: LossSpec) -> int:
-    """(rows, V) work buffers the chunk math of ``spec`` needs besides the gradient."""
-    if spec.mode == "kd":
-        return 2
-    if spec.mode == "ls" and spec.prior is not None and spec.prior.dim() == 2:
-        return 1
-    return 0
 
 
 def _prior_terms(spec: LossSpec, cd: torch.dtype) -> tuple[Tensor | None, float | None]:
@@ -159,7 +151,7 @@ def _linear_pass(
     g_buf = h.new_empty((rows, k), dtype=cd)
     t_buf = teacher.hidden.new_empty((rows, k)) if teacher is not None else None
     work = [h.new_empty((rows, k), dtype=cd) for _ in range(_work_buffers(spec))]
-    work_a, work_b = (work + [None, None])[:2]
+    work_a, work_b, work_c = (work + [None, None, None])[:3]
     round_buf = h.new_empty((rows, k)) if rounded else None
     prior_eps, prior_sum = _prior_terms(spec, cd)
     if labels is not None:
@@ -182,7 +174,9 @@ def _linear_pass(
             q = probs[a:b]
             torch.amin(q, dim=1, out=q_min[a:b])
             torch.sum(q, dim=1, dtype=cd, out=q_sum[a:b])
-        loss[a:b] = _chunk_loss(s, y, q, g, spec, a, b, work_a, work_b, prior_eps, prior_sum, t)
+        loss[a:b] = _chunk_loss(
+            s, y, q, g, spec, a, b, work_a, work_b, prior_eps, prior_sum, t, work_c=work_c
+        )
         if not want:
             continue
         c = row_weight[a:b].to(cd).unsqueeze(1)
