@@ -31,6 +31,10 @@ from softlabel.kernels import fused_soft_target_loss
 from softlabel.targets import Hard, Teacher, UniformPrior
 
 EPS, TEMPERATURE, ALPHA, IGNORE = 0.1, 4.0, 0.9, -100
+JSD_BETA, DKD_ALPHA, DKD_BETA, RELAX_ALPHA = 0.5, 1.0, 8.0, 0.1
+
+#: Largest K for the class-conditional prior matrix group (LSM): the (K, K) matrix is an input.
+MATRIX_MAX_K = 8192
 
 # variant name -> (group, reference variant of the group)
 _CE, _LS, _KD = (
@@ -55,6 +59,21 @@ VARIANTS = {
     "KD: kernel only (no checks)": ("KD", _KD),
 }
 
+# The divergences, logit standardization, DKD, the prior matrix and label relaxation: the
+# plain PyTorch formulation of each, and the public call (fused kernel).
+_NEW_GROUPS = {
+    "KD-rev": ("kl_div(reverse) + cross_entropy", "distillation_loss(reverse_kl)"),
+    "KD-JSD": ("logsumexp mixture (TRL) + cross_entropy", "distillation_loss(jsd)"),
+    "KD-TVD": ("abs(softmax - softmax) + cross_entropy", "distillation_loss(tvd)"),
+    "KD-std": ("z-score + kl_div + cross_entropy", "distillation_loss(standardize)"),
+    "DKD": ("masked softmaxes (as mdistiller) + cross_entropy", "decoupled_distillation_loss"),
+    "LSM": ("soft targets (1 - eps) onehot + eps M[y]", "label_smoothing_loss(prior=M)"),
+    "Relax": ("explicit p_r + KL", "label_relaxation_loss"),
+}
+for _group, (_plain, _public) in _NEW_GROUPS.items():
+    VARIANTS[f"{_group}: {_plain}"] = (_group, None)
+    VARIANTS[f"{_group}: {_public}"] = (_group, f"{_group}: {_plain}")
+
 
 def make_inputs(case: str, args: argparse.Namespace) -> dict[str, torch.Tensor]:
     """Logits (leaf, requires grad), labels with ignored positions, teacher logits."""
@@ -65,7 +84,15 @@ def make_inputs(case: str, args: argparse.Namespace) -> dict[str, torch.Tensor]:
     target = torch.randint(0, args.k, shape[:-1], generator=gen)
     if case == "token":
         target[torch.rand(shape[:-1], generator=gen) < args.ignore_frac] = IGNORE
-    return {"logits": logits, "teacher": teacher, "target": target.to(args.device)}
+    inputs = {"logits": logits, "teacher": teacher, "target": target.to(args.device)}
+    if args.k <= MATRIX_MAX_K and _wants(args, "LSM"):
+        matrix = torch.rand(args.k, args.k, generator=gen)
+        inputs["matrix"] = (matrix / matrix.sum(1, keepdim=True)).to(args.device)
+    return inputs
+
+
+def _wants(args: argparse.Namespace, group: str) -> bool:
+    return not args.variants or group in args.variants.split(",")
 
 
 def make_step(variant: str, x: dict[str, torch.Tensor]) -> Callable[[], torch.Tensor | None]:
@@ -115,6 +142,7 @@ def make_step(variant: str, x: dict[str, torch.Tensor]) -> Callable[[], torch.Te
             mode="kd", teacher=t2, temperature=TEMPERATURE, alpha=ALPHA
         ),
     }
+    losses.update(_new_losses(x, s2, t2, y, valid, n_valid))
     if variant.startswith("softmax"):
         return lambda: torch.softmax(x["logits"].detach(), dim=-1)
 
@@ -123,6 +151,96 @@ def make_step(variant: str, x: dict[str, torch.Tensor]) -> Callable[[], torch.Te
         losses[variant]().backward()
 
     return step
+
+
+def _new_losses(x, s2, t2, y, valid, n_valid) -> dict[str, Callable[[], torch.Tensor]]:
+    """The plain formulations (soft terms over every row, CE with ignore_index; rows with an
+    ignored label use class 0 where a label is read) and the public calls of _NEW_GROUPS."""
+    temp = TEMPERATURE
+    s, t, target = x["logits"], x["teacher"], x["target"]
+    y0 = y.clamp_min(0)
+
+    def with_ce(soft: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(s2, y, ignore_index=IGNORE)
+        return soft.mean() * (temp**2 * ALPHA) + (1.0 - ALPHA) * ce
+
+    def reverse() -> torch.Tensor:
+        log_r, log_q = F.log_softmax(s2 / temp, -1), F.log_softmax(t2 / temp, -1)
+        return with_ce(F.kl_div(log_q, log_r, log_target=True, reduction="none").sum(-1))
+
+    def jsd() -> torch.Tensor:
+        log_r, log_q = F.log_softmax(s2 / temp, -1), F.log_softmax(t2 / temp, -1)
+        beta = torch.tensor(JSD_BETA)
+        log_m = torch.logsumexp(
+            torch.stack([log_r + torch.log1p(-beta), log_q + torch.log(beta)]), dim=0
+        )
+        kl_t = F.kl_div(log_m, log_q, log_target=True, reduction="none").sum(-1)
+        kl_s = F.kl_div(log_m, log_r, log_target=True, reduction="none").sum(-1)
+        return with_ce(JSD_BETA * kl_t + (1 - JSD_BETA) * kl_s)
+
+    def tvd() -> torch.Tensor:
+        diff = F.softmax(t2 / temp, -1) - F.softmax(s2 / temp, -1)
+        return with_ce(0.5 * diff.abs().sum(-1))
+
+    def standardized() -> torch.Tensor:
+        def z(v: torch.Tensor) -> torch.Tensor:
+            return (v - v.mean(-1, keepdim=True)) / (v.std(-1, keepdim=True) + 1e-7)
+
+        log_r, log_q = F.log_softmax(z(s2) / temp, -1), F.log_softmax(z(t2) / temp, -1)
+        return with_ce(F.kl_div(log_r, log_q, log_target=True, reduction="none").sum(-1))
+
+    def dkd() -> torch.Tensor:
+        gt = torch.zeros_like(s2, dtype=torch.bool).scatter_(1, y0[:, None], True)
+        p_s, p_t = F.softmax(s2 / temp, -1), F.softmax(t2 / temp, -1)
+        s_y, t_y = (p_s * gt).sum(-1), (p_t * gt).sum(-1)
+        b_s, b_t = torch.stack([s_y, 1 - s_y], -1), torch.stack([t_y, 1 - t_y], -1)
+        tckd = F.kl_div(b_s.log(), b_t, reduction="none").sum(-1)
+        log_s_hat = F.log_softmax(s2 / temp - 1000.0 * gt, -1)
+        log_t_hat = F.log_softmax(t2 / temp - 1000.0 * gt, -1)
+        nckd = F.kl_div(log_s_hat, log_t_hat, log_target=True, reduction="none").sum(-1)
+        soft = (temp**2) * (DKD_ALPHA * tckd + DKD_BETA * nckd)
+        return F.cross_entropy(s2, y, ignore_index=IGNORE) + soft.mean()
+
+    def matrix_ls() -> torch.Tensor:
+        soft = torch.zeros_like(s2).scatter_(1, y0[:, None], 1.0 - EPS)
+        soft.add_(x["matrix"][y0], alpha=EPS)
+        per_row = -(soft * F.log_softmax(s2, dim=-1)).sum(-1)
+        return (per_row * valid).sum() / n_valid
+
+    def relax() -> torch.Tensor:
+        p = F.softmax(s2, -1)
+        gt = torch.zeros_like(s2, dtype=torch.bool).scatter_(1, y0[:, None], True)
+        p_y = (p * gt).sum(-1, keepdim=True)
+        p_r = torch.where(gt, 1 - RELAX_ALPHA, RELAX_ALPHA * p / (1 - p_y)).detach()
+        kl = (p_r * (p_r.log() - F.log_softmax(s2, -1))).sum(-1)
+        per_row = torch.where(p_y[:, 0] >= 1 - RELAX_ALPHA, 0.0, kl)
+        return (per_row * valid).sum() / n_valid
+
+    plain = {
+        "KD-rev": reverse,
+        "KD-JSD": jsd,
+        "KD-TVD": tvd,
+        "KD-std": standardized,
+        "DKD": dkd,
+        "LSM": matrix_ls,
+        "Relax": relax,
+    }
+    public = {
+        "KD-rev": lambda: SF.distillation_loss(s, t, target, temp, ALPHA, divergence="reverse_kl"),
+        "KD-JSD": lambda: SF.distillation_loss(
+            s, t, target, temp, ALPHA, divergence="jsd", beta=JSD_BETA
+        ),
+        "KD-TVD": lambda: SF.distillation_loss(s, t, target, temp, ALPHA, divergence="tvd"),
+        "KD-std": lambda: SF.distillation_loss(s, t, target, temp, ALPHA, standardize=True),
+        "DKD": lambda: SF.decoupled_distillation_loss(s, t, target, temp, DKD_ALPHA, DKD_BETA),
+        "LSM": lambda: SF.label_smoothing_loss(s, target, EPS, prior=x["matrix"]),
+        "Relax": lambda: SF.label_relaxation_loss(s, target, RELAX_ALPHA),
+    }
+    losses: dict[str, Callable[[], torch.Tensor]] = {}
+    for group, (plain_name, public_name) in _NEW_GROUPS.items():
+        losses[f"{group}: {plain_name}"] = plain[group]
+        losses[f"{group}: {public_name}"] = public[group]
+    return losses
 
 
 def _sync(device: str) -> None:
@@ -203,6 +321,9 @@ def run_case(case: str, args: argparse.Namespace) -> list[dict[str, object]]:
     for variant, (group, _) in VARIANTS.items():
         if groups is not None and group not in groups and group != "floor":
             continue
+        if group == "LSM" and "matrix" not in x:
+            print(f"  {case}: LSM skipped: K={args.k} > {MATRIX_MAX_K}", file=sys.stderr)
+            continue
         seconds = time_variant(variant, x, args)
         mib = None if args.no_memory else peak_memory_mib(variant, case, args)
         rows.append({"variant": variant, "group": group, "time_s": seconds, "peak_mib": mib})
@@ -249,7 +370,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--cases", default="multiclass,token", help="comma-separated cases")
     parser.add_argument(
-        "--variants", default="", help="comma-separated groups to run (CE,LS,KD; default: all)"
+        "--variants",
+        default="",
+        help="comma-separated groups to run (CE,LS,KD,KD-rev,KD-JSD,KD-TVD,KD-std,DKD,LSM,Relax; "
+        f"default: all; LSM only for K <= {MATRIX_MAX_K})",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory runs")
     parser.add_argument("--case", default="multiclass", help=argparse.SUPPRESS)
@@ -266,7 +390,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"torch {torch.__version__}, device {args.device}, threads {args.threads}, fp32, "
         f"forward+backward, median of {args.repeat} after 1 warm-up; "
-        f"eps={EPS}, T={TEMPERATURE}, alpha={ALPHA}"
+        f"eps={EPS}, T={TEMPERATURE}, alpha={ALPHA}; JSD beta={JSD_BETA}, DKD alpha={DKD_ALPHA} "
+        f"beta={DKD_BETA}, relaxation alpha={RELAX_ALPHA}"
     )
     for case in args.cases.split(","):
         if case == "multiclass":

@@ -278,13 +278,14 @@ def kd_chunk(
 STD_EPS = 1e-7
 
 
-def _standardized(x: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
-    """Write out = z = (x - mean) / (std + 1e-7), std with Bessel's correction; return the
-    row mean and std (rows,) in ``out``'s dtype."""
+def _standardized_centered(x: Tensor, out: Tensor, inv_t: float) -> tuple[Tensor, Tensor]:
+    """Write out = (z - max_k z_k) / T for z = (x - mean) / (std + 1e-7) (std with Bessel's
+    correction), i.e. (x - max_k x_k) / (T (std + 1e-7)); return the row mean and std (rows,)
+    in ``out``'s dtype."""
     src = x if x.dtype == out.dtype else out.copy_(x)
     std, mean = torch.std_mean(src, dim=1)
-    inv = (std + STD_EPS).reciprocal_()
-    torch.sub(src, mean.unsqueeze(1), out=out).mul_(inv.unsqueeze(1))
+    scale = (std + STD_EPS).reciprocal_().mul_(inv_t)
+    torch.sub(src, src.amax(dim=1, keepdim=True), out=out).mul_(scale.unsqueeze(1))
     return mean, std
 
 
@@ -367,10 +368,8 @@ def divergence_chunk(
     k = s.shape[1]
     inv_t = 1.0 / temperature
     if standardize:
-        _standardized(t, work_a)
-        _centered(work_a, work_a, inv_t)
-        mean_s, std_s = _standardized(s, g)
-        _centered(g, g, inv_t)
+        _standardized_centered(t, work_a, inv_t)
+        mean_s, std_s = _standardized_centered(s, g, inv_t)
     else:
         _centered(t, work_a, inv_t)
         _centered(s, g, inv_t)
