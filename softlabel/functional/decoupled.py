@@ -34,7 +34,7 @@ def decoupled_distillation_loss(
     With p^T = softmax(logits / T): TCKD = KL(b_t || b_s), b = (p^T_y, 1 - p^T_y) the binary
     target/non-target masses; NCKD = KL(p^_t || p^_s), p^ = p^T renormalised over the classes
     k != y. Both KLs are T^2-scaled as in mdistiller's ``dkd_loss`` (alpha 1, beta 8 are its
-    CIFAR-100 defaults); the non-target softmax excludes class y exactly (mdistiller subtracts
+    config's defaults); the non-target softmax excludes class y exactly (mdistiller subtracts
     1000 from its logit). mdistiller's warm-up, a factor min(epoch / 20, 1) on alpha and beta,
     is a schedule of ``DecoupledTeacher``'s alpha and beta. ``mean`` averages over the
     positions that count; ``weight[y_i]`` multiplies sample i's loss.

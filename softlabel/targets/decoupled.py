@@ -33,7 +33,7 @@ class DecoupledTeacher(TargetSource):
     """``loss = ce_weight * CE(s, y) + T^2 * (alpha * TCKD + beta * NCKD)``.
 
     See ``softlabel.functional.decoupled_distillation_loss``. ``alpha``, ``beta`` and
-    ``ce_weight`` are weights >= 0 (alpha 1, beta 8 by default, mdistiller's CIFAR-100 values).
+    ``ce_weight`` are weights >= 0 (alpha 1, beta 8 by default, as mdistiller's DKD config).
     mdistiller's warm-up multiplies alpha and beta by min(epoch / 20, 1), epochs counted from 1:
     give ``alpha=warmup_schedule(1.0, epochs=E)`` and ``beta=warmup_schedule(8.0, epochs=E)``.
     ``reference`` is the teacher's logits, of the student's shape.
