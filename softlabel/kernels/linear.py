@@ -249,10 +249,11 @@ class LinearLossReduced(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: a gradient with a graph is wanted
             return _double_backward_grads(ctx, grad_output, ctx.row_weight) + nones
         keep = _graph_is_kept()
+        unit = not keep and bool(grad_output == 1.0)  # loss.backward(): nothing to scale
         out = []
         for grad in ctx.grads:
-            if grad is None:
-                out.append(None)
+            if grad is None or unit:
+                out.append(grad)
             elif keep:  # the graph may be run again: keep the stored gradient intact
                 out.append(grad * grad_output.to(grad.dtype))
             else:
