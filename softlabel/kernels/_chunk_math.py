@@ -307,7 +307,7 @@ def _divergence_terms(
     - tvd: D = 1/2 sum |r - q|, u = r (h - r . h) / 2 with h = sign(r - q).
     """
     q = _softmax_into(a_buf, b_buf)  # b_buf = q
-    log_z_b = _log_z(q)
+    log_z_b = _log_z(q) if divergence != "tvd" else None
     if divergence == "forward_kl":
         dot = a_buf.sub_(g).mul_(q).sum(dim=1)  # q . (b - a)
         r = _softmax_into(g, a_buf)
@@ -359,9 +359,10 @@ def divergence_chunk(
 
     a = s / T and b = t / T, or with ``standardize`` a = z_s / T, b = z_t / T where
     z = (x - mean) / (std + 1e-7) per row (Bessel's correction); the CE stays on the raw s.
-    Gradient: alpha T u + (1 - alpha) (p - onehot_y), u = dD/da; with standardization the
-    student's z-scoring is chained in: alpha T (u - kappa (u . z) z) / (std + 1e-7),
-    kappa = (std + 1e-7) / ((K - 1) std) (0 for a constant row, where z = 0). ``work_c`` is
+    Gradient: alpha T u + (1 - alpha) (p - onehot_y), u = dD/da, left in ``g`` divided by
+    ``divergence_grad_scale``; with standardization the student's z-scoring is chained in:
+    alpha T (u - kappa (u . z) z) / (std + 1e-7), kappa = (std + 1e-7) / ((K - 1) std) (0 for
+    a constant row, where z = 0). ``work_c`` is
     needed by the JSD only. ``y`` may be None only when alpha = 1; ``target_probs`` c in
     place of y: CE = sum(c) lse - c . s, gradient sum(c) p - c.
     """
@@ -382,26 +383,48 @@ def divergence_chunk(
         kappa = torch.where(std_s > 0, 1.0 / ((k - 1) * std_s * inv_std), 0.0)
         g.addcmul_(z, (-kappa * torch.linalg.vecdot(g, z)).unsqueeze(1))
         g.mul_((coef * inv_std).unsqueeze(1))
-    elif coef != 1.0:
-        g.mul_(coef)
+        scale = 1.0
+    else:  # the constant scale is folded into backward (``divergence_grad_scale``)
+        scale = max(coef, 1.0 - alpha)
+        if coef != scale:
+            g.mul_(coef / scale)
     if alpha == 1.0:
         return loss
     p = _softmax_into(s, work_a)
     ce_scale = 1.0 - alpha
+    ce_grad = ce_scale / scale
     m_s = s.amax(dim=1).to(g.dtype)
     if target_probs is None:
         c_sum = 1.0
         s_y = s.gather(1, y).to(g.dtype).view(-1) - m_s
-        g.add_(p, alpha=ce_scale)
-        g.scatter_add_(1, y, g.new_full(y.shape, -ce_scale))
+        g.add_(p, alpha=ce_grad)
+        g.scatter_add_(1, y, g.new_full(y.shape, -ce_grad))
     else:
         c = _as_compute(target_probs, g)
         c_sum = c.sum(dim=1)
         s_y = torch.linalg.vecdot(work_b.copy_(s), c) - c_sum * m_s  # c . (s - m_s)
-        g.addcmul_(p, (ce_scale * c_sum).unsqueeze(1))
-        g.sub_(c, alpha=ce_scale)
+        g.addcmul_(p, (ce_grad * c_sum).unsqueeze(1))
+        g.sub_(c, alpha=ce_grad)
     ce = c_sum * _log_z(p) - s_y
     return loss + ce_scale * ce
+
+
+def _divergence_factor(divergence: str, beta: float) -> float:
+    """The factor of u = dD/da that ``_divergence_terms`` leaves out of ``g``."""
+    if divergence == "tvd":
+        return 0.5
+    return 1.0 - beta if divergence == "jsd" else 1.0
+
+
+def divergence_grad_scale(
+    temperature: float, alpha: float, divergence: str, beta: float, standardize: bool
+) -> float:
+    """Factor c between the gradient and what ``divergence_chunk`` leaves in ``g``: the
+    larger of the soft term's weight alpha T factor and the CE's 1 - alpha (1 when
+    standardizing, where the soft term's weight varies per row)."""
+    if standardize or alpha == 0.0:
+        return 1.0
+    return max(alpha * temperature * _divergence_factor(divergence, beta), 1.0 - alpha)
 
 
 def _standardized_again(s: Tensor, mean: Tensor, inv_std: Tensor, out: Tensor) -> Tensor:

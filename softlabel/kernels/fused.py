@@ -127,8 +127,12 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def grad_scale(spec: LossSpec) -> float:
     """c with d loss_i / d s_i = c * (what ``_forward`` writes into the gradient buffer)."""
-    if spec.mode == "kd" and spec.alpha > 0.0 and _plain_kd(spec):
-        return _chunk_math.kd_grad_scale(spec.temperature, spec.alpha)
+    if spec.mode == "kd" and spec.alpha > 0.0:
+        if _plain_kd(spec):
+            return _chunk_math.kd_grad_scale(spec.temperature, spec.alpha)
+        return _chunk_math.divergence_grad_scale(
+            spec.temperature, spec.alpha, effective_divergence(spec), spec.beta, spec.standardize
+        )
     return 1.0
 
 
