@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 
+import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
@@ -26,6 +27,7 @@ def _shard(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _worker(rank: int, world: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         source = OnlineLabelSmoothing(0.5)
@@ -42,7 +44,8 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
 
 
 def test_two_ranks_agree_on_the_prior_of_all_their_batches(tmp_path):
-    # fork: the children start at once, without importing torch again
+    # fork: the children start at once; like DataLoader workers they run on one thread
+    # (torch.set_num_threads(1) first), since the parent's OpenMP threads do not survive fork
     mp.start_processes(
         _worker,
         args=(2, str(tmp_path / "init"), str(tmp_path)),
@@ -61,18 +64,21 @@ def test_two_ranks_agree_on_the_prior_of_all_their_batches(tmp_path):
     assert ranks[0]["restored_counts"].sum() > 0 and ranks[1]["restored_counts"].sum() == 0
 
 
+class RecordPrior(L.Callback):
+    """Saves each rank's prior when training ends."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        torch.save(pl_module.loss.source.prior, f"{self.out}/lightning{trainer.global_rank}.pt")
+
+
 @pytest.mark.slow
 def test_lightning_ddp_ranks_agree(tmp_path):
     """SoftLabelModule under DDP: the epoch hook sums the statistics over the ranks through
     the strategy, so both ranks train epoch 2 against the same prior."""
-    import lightning as L
-
     from softlabel.modules import SoftLabelModule
-
-    class RecordPrior(L.Callback):
-        def on_train_end(self, trainer, pl_module) -> None:
-            prior = pl_module.loss.source.prior
-            torch.save(prior, tmp_path / f"lightning{trainer.global_rank}.pt")
 
     generator = torch.Generator().manual_seed(0)
     x, y = torch.randn(48, 4, generator=generator), torch.randint(0, 3, (48,), generator=generator)
@@ -87,13 +93,13 @@ def test_lightning_ddp_ranks_agree(tmp_path):
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
-        strategy="ddp_fork",
+        strategy="ddp_spawn",
         max_epochs=2,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[RecordPrior()],
+        callbacks=[RecordPrior(str(tmp_path))],
     )
     trainer.fit(module, loader)
     priors = [torch.load(tmp_path / f"lightning{r}.pt", weights_only=True) for r in (0, 1)]
