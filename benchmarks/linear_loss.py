@@ -10,14 +10,17 @@ hidden (N, H) through a head W (V, H) (+ the teacher's head for KD), three varia
   or ``F.kl_div(log_softmax(s/T), log_softmax(t/T), log_target=True, reduction="batchmean")
   * T^2 * alpha + (1 - alpha) * F.cross_entropy(s, y)``.
 
-The teacher's logits of (a) and (b) are made under ``torch.no_grad()``. Each variant runs in a
-fresh subprocess: the first call (warm-up) gives the peak extra memory (CPU: peak resident size
-VmHWM minus the resident size VmRSS once the inputs exist; CUDA: ``max_memory_allocated``
-minus the memory allocated then), then the median of ``--repeat`` timed calls. The gradients
-of hidden and W are part of every variant's peak. Ratios are to (a) and (b) of the same run.
+The teacher's logits of (a) and (b) are made under ``torch.no_grad()``. Time: median of
+``--repeat`` rounds after one warm-up round, all variants in this process on the same inputs,
+interleaved (each round runs every variant once, the order rotated by one per round), so that
+a change of the machine's load reaches every variant alike. Peak extra memory: one call per
+variant in a fresh subprocess (CPU: peak resident size VmHWM minus the resident size VmRSS
+once the inputs exist; CUDA: ``max_memory_allocated`` minus the memory allocated then). The
+gradients of hidden and W are part of every variant's peak. Ratios are to (a) and (b) of the
+same run. ``--sweep`` times the linear loss alone for several ``chunk_rows``.
 
     python benchmarks/linear_loss.py --threads 2 --shapes 8192,1024,32000 --repeat 3
-    python benchmarks/linear_loss.py --quick
+    python benchmarks/linear_loss.py --quick --no-memory
     python benchmarks/linear_loss.py --sweep 128 256 512 1024 --shapes 2048,1024,32000
 """
 
@@ -25,14 +28,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from _timing import median_seconds
 
 from softlabel import LinearSoftTargetLoss, SoftTargetLoss
 from softlabel.targets import Teacher, UniformPrior
@@ -127,16 +132,14 @@ def _sync(device: str) -> None:
 
 
 def run_child(args: argparse.Namespace) -> None:
-    """One variant in this fresh process: peak extra memory of the first call, then timing."""
+    """Peak extra memory of one call of one variant, in this fresh process."""
     if args.memory_limit_gib:
         limit = int(args.memory_limit_gib * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     torch.set_num_threads(args.threads)
     n, h, v = (int(d) for d in args.shape.split(","))
-    dtype = getattr(torch, args.dtype)
-    x = make_inputs(n, h, v, args.device, dtype, args.bias)
+    x = make_inputs(n, h, v, args.device, getattr(torch, args.dtype), args.bias)
     step = make_step(args.group, args.variant, x, args.chunk_rows)
-    start = time.perf_counter()
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -152,25 +155,15 @@ def run_child(args: argparse.Namespace) -> None:
         if base_kib is None or peak_kib is None:
             base_kib, peak_kib = 0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         peak_mib = max(0, peak_kib - base_kib) / 1024
-    first_s = time.perf_counter() - start
-    seconds = (
-        median_seconds(step, args.repeat, lambda: _sync(args.device)) if args.repeat else first_s
-    )
-    print(json.dumps({"time_s": seconds, "first_s": first_s, "peak_mib": peak_mib}))
+    print(json.dumps({"peak_mib": peak_mib}))
 
 
-def measure(group: str, variant: str, shape: str, args: argparse.Namespace, chunk_rows=None):
-    """Time and peak memory of one variant (in a subprocess unless ``--in-process``)."""
-    if args.in_process:  # timing only, in this process (smoke test)
-        n, h, v = (int(d) for d in shape.split(","))
-        x = make_inputs(n, h, v, args.device, getattr(torch, args.dtype), args.bias)
-        step = make_step(group, variant, x, chunk_rows)
-        seconds = median_seconds(step, args.repeat, lambda: _sync(args.device))
-        return {"time_s": seconds, "first_s": None, "peak_mib": None}
+def peak_memory_mib(group, variant, shape, args, chunk_rows=None) -> float | None:
+    """Peak extra memory (MiB) of one forward + backward in a fresh subprocess (NaN when the
+    run failed, e.g. beyond ``--memory-limit-gib``)."""
     cmd = [sys.executable, __file__, "--child", "--group", group, "--variant", variant]
     cmd += ["--shape", shape, "--threads", str(args.threads), "--device", args.device]
-    cmd += ["--dtype", args.dtype, "--repeat", str(args.repeat)]
-    cmd += ["--memory-limit-gib", str(args.memory_limit_gib)]
+    cmd += ["--dtype", args.dtype, "--memory-limit-gib", str(args.memory_limit_gib)]
     if chunk_rows is not None:
         cmd += ["--chunk-rows", str(chunk_rows)]
     if args.bias:
@@ -178,44 +171,111 @@ def measure(group: str, variant: str, shape: str, args: argparse.Namespace, chun
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or ["?"])[-1]
-        print(f"  {group}: {variant}: failed ({reason})", file=sys.stderr, flush=True)
-        return None
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"  {shape} {group}: {variant} (chunk_rows={chunk_rows}): {result}", file=sys.stderr)
-    return result
+        print(f"  {shape} {group}: {variant}: memory run failed ({reason})", file=sys.stderr)
+        return math.nan
+    peak = json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
+    print(
+        f"  {shape} {group}: {variant} (chunk_rows={chunk_rows}): {peak:.0f} MiB", file=sys.stderr
+    )
+    return peak
+
+
+def time_interleaved(steps: dict, args: argparse.Namespace) -> dict[str, float | None]:
+    """Median seconds per step over ``args.repeat`` rounds after one warm-up round; each round
+    runs every step once, in an order rotated by one per round, so that a change of the
+    machine's load during the run reaches every variant alike. A step that fails (e.g. out of
+    memory) gets NaN."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    failed: set[str] = set()
+    names = list(steps)
+    for round_index in range(args.repeat + 1):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            if name in failed:
+                continue
+            _sync(args.device)
+            start = time.perf_counter()
+            try:
+                steps[name]()
+            except (RuntimeError, MemoryError) as error:
+                print(f"  {name}: failed ({error})", file=sys.stderr)
+                failed.add(name)
+                continue
+            _sync(args.device)
+            if round_index > 0:
+                times[name].append(time.perf_counter() - start)
+        last = {"-".join(str(k) for k in n): round(t[-1], 3) for n, t in times.items() if t}
+        print(f"  round {round_index}: {last}", file=sys.stderr, flush=True)
+    return {n: math.nan if n in failed else statistics.median(t) for n, t in times.items()}
+
+
+def measure_shape(shape: str, groups, variants, args, chunk_rows=(None,)) -> dict:
+    """{(group, variant, chunk_rows): {"time_s", "peak_mib"}} for one shape."""
+    n, h, v = (int(d) for d in shape.split(","))
+    keys = [(g, var, rows) for g in groups for var in variants for rows in chunk_rows]
+    peaks = {}
+    for key in keys:
+        peaks[key] = (
+            None if args.no_memory else peak_memory_mib(key[0], key[1], shape, args, key[2])
+        )
+    x = make_inputs(n, h, v, args.device, getattr(torch, args.dtype), args.bias)
+    steps = {key: make_step(key[0], key[1], x, key[2]) for key in keys}
+    seconds = time_interleaved(steps, args)
+    return {key: {"time_s": seconds[key], "peak_mib": peaks[key]} for key in keys}
 
 
 def _ratio(a: dict | None, b: dict | None, key: str) -> str:
-    if a is None or b is None or a[key] is None or not b[key]:
+    if a is None or b is None or a[key] is None or b[key] is None:
+        return "-"
+    if math.isnan(a[key]) or math.isnan(b[key]) or not b[key]:
         return "-"
     return f"{a[key] / b[key]:.2f}"
 
 
-def _mib(result: dict | None) -> str:
-    return "-" if result is None or result["peak_mib"] is None else f"{result['peak_mib']:.0f}"
+def _cell(value: float | None, fmt: str) -> str:
+    """A figure; "-" when not measured (None), "failed" when its run failed (NaN)."""
+    if value is None:
+        return "-"
+    return "failed" if math.isnan(value) else format(value, fmt)
 
 
 def format_table(shape: str, results: dict) -> str:
+    """Markdown table: absolute numbers and ratios to (a) and (b) of the same run."""
     n, h, v = shape.split(",")
     lines = [
         f"#### (N, H, V) = ({n}, {h}, {v})",
         "",
-        "| variant | time (s) | peak extra (MiB) | time / (a) | time / (b) | peak / (a) | peak / (b) |",
+        "| variant | time (s) | peak extra (MiB) | time / (a) | time / (b) | peak / (a) | "
+        "peak / (b) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for group, rows in results.items():
-        a, b = rows.get("materialized + softlabel"), rows.get("materialized + torch")
-        for variant, r in rows.items():
-            label = {"materialized + softlabel": "(a) ", "materialized + torch": "(b) "}
-            name = f"{group}: {label.get(variant, '')}{variant}"
-            if r is None:
-                lines.append(f"| {name} | failed | - | - | - | - | - |")
-                continue
-            lines.append(
-                f"| {name} | {r['time_s']:.3f} | {_mib(r)} | {_ratio(r, a, 'time_s')} "
-                f"| {_ratio(r, b, 'time_s')} | {_ratio(r, a, 'peak_mib')} | "
-                f"{_ratio(r, b, 'peak_mib')} |"
-            )
+    label = {"materialized + softlabel": "(a) ", "materialized + torch": "(b) "}
+    for (group, variant, _), r in results.items():
+        a = results.get((group, "materialized + softlabel", None))
+        b = results.get((group, "materialized + torch", None))
+        lines.append(
+            f"| {group}: {label.get(variant, '')}{variant} | {_cell(r['time_s'], '.3f')} | "
+            f"{_cell(r['peak_mib'], '.0f')} | "
+            f"{_ratio(r, a, 'time_s')} | {_ratio(r, b, 'time_s')} | "
+            f"{_ratio(r, a, 'peak_mib')} | {_ratio(r, b, 'peak_mib')} |"
+        )
+    return "\n".join(lines)
+
+
+def format_sweep(shape: str, results: dict, groups: list[str]) -> str:
+    """Markdown table of the linear loss per chunk_rows."""
+    lines = [
+        f"#### chunk_rows at (N, H, V) = ({shape})",
+        "",
+        "| chunk_rows | " + " | ".join(f"{g} time (s) | {g} peak (MiB)" for g in groups) + " |",
+        "|---:|" + "---:|---:|" * len(groups),
+    ]
+    for rows in dict.fromkeys(key[2] for key in results):
+        cells = []
+        for group in groups:
+            r = results[(group, "linear", rows)]
+            cells += [_cell(r["time_s"], ".3f"), _cell(r["peak_mib"], ".0f")]
+        lines.append(f"| {rows or 'default'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -229,19 +289,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--groups", default="LS,KD", help="comma-separated: LS, KD")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs after the first")
+    parser.add_argument("--repeat", type=int, default=3, help="timed rounds after a warm-up")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (inputs)")
     parser.add_argument("--bias", action="store_true", help="heads with a bias")
     parser.add_argument(
-        "--sweep", type=int, nargs="*", default=None, help="time the linear loss per chunk_rows"
+        "--sweep", type=int, nargs="+", default=None, help="time the linear loss per chunk_rows"
     )
     parser.add_argument("--memory-limit-gib", type=float, default=0.0, help="RLIMIT_AS per run")
-    parser.add_argument("--quick", action="store_true", help=f"shape {QUICK_SHAPES}, 1 repeat")
-    parser.add_argument(
-        "--in-process", action="store_true", help="time in this process, no memory figures"
-    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--quick", action="store_true", help=f"shape {QUICK_SHAPES}, 1 round")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--group", default="LS", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="linear", help=argparse.SUPPRESS)
@@ -255,37 +313,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.child:
         run_child(args)
         return
     print(
         f"torch {torch.__version__}, device {args.device}, threads {args.threads}, "
-        f"{args.dtype}, forward+backward, median of {args.repeat} after 1 warm-up; "
-        f"eps={EPS}, T={TEMPERATURE}, alpha={ALPHA}, bias={args.bias}"
+        f"{args.dtype}, forward+backward, median of {args.repeat} interleaved rounds after 1 "
+        f"warm-up; eps={EPS}, T={TEMPERATURE}, alpha={ALPHA}, bias={args.bias}"
     )
     groups = args.groups.split(",")
-    torch.set_num_threads(args.threads)
     for shape in args.shapes:
+        print(f"  {shape}: start, load average {os.getloadavg()}", file=sys.stderr, flush=True)
         if args.sweep is not None:
-            print(f"\n#### chunk_rows, (N, H, V) = ({shape})\n")
-            print("| chunk_rows | " + " | ".join(f"{g} time (s) | {g} peak (MiB)" for g in groups))
-            print("|---:|" + "---:|---:|" * len(groups))
-            for rows in args.sweep or [None]:
-                cells = []
-                for group in groups:
-                    r = measure(group, "linear", shape, args, rows)
-                    cells += ["-", "-"] if r is None else [f"{r['time_s']:.3f}", _mib(r)]
-                print(f"| {rows or 'default'} | " + " | ".join(cells) + " |", flush=True)
-            continue
-        results = {
-            group: {
-                variant: measure(group, variant, shape, args)
-                for variant in args.variants.split(",")
-            }
-            for group in groups
-        }
-        print()
-        print(format_table(shape, results), flush=True)
+            results = measure_shape(shape, groups, ["linear"], args, args.sweep)
+            print()
+            print(format_sweep(shape, results, groups), flush=True)
+        else:
+            results = measure_shape(shape, groups, args.variants.split(","), args)
+            print()
+            print(format_table(shape, results), flush=True)
+        print(f"  {shape}: end, load average {os.getloadavg()}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -555,7 +555,7 @@ def test_benchmark_quick_mode_runs():
     """One process, one thread, no memory subprocesses: a smoke test, no timing asserted."""
     script = str(ROOT / "benchmarks" / "linear_loss.py")
     done = subprocess.run(
-        [sys.executable, script, "--quick", "--in-process", "--threads", "1"],
+        [sys.executable, script, "--quick", "--no-memory", "--threads", "1"],
         capture_output=True,
         text=True,
         timeout=120,
