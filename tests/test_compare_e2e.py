@@ -44,7 +44,7 @@ def compare(config_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
         "progress=false",
         *overrides,
     ]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
 def test_tiny_comparison_end_to_end(tmp_path: Path) -> None:
