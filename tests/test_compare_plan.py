@@ -148,3 +148,19 @@ def test_a_pretrained_entry_can_hand_over_its_last_epoch(tmp_path: Path) -> None
 def test_bad_checkpoint_and_headline_choices_are_refused(tmp_path: Path, changes, pattern) -> None:
     with pytest.raises(ValueError, match=pattern):
         plan_from_config(config(tmp_path, **changes))
+
+
+def test_every_target_that_needs_a_model_gets_its_checkpoint_wired() -> None:
+    import importlib
+
+    import yaml
+
+    from softlabel._conf import CONF_DIR
+    from softlabel.compare.plan import CHECKPOINT_KEYS
+
+    needs = {"teacher_logits": "teacher.checkpoint", "previous_probs": "previous.checkpoint"}
+    for path in sorted((Path(CONF_DIR) / "target").glob("*.yaml")):
+        module, _, name = yaml.safe_load(path.read_text())["_target_"].rpartition(".")
+        reference = getattr(importlib.import_module(module), name).reference
+        wired = CHECKPOINT_KEYS.get(path.stem, (None,))[0]
+        assert wired == needs.get(reference), path.name

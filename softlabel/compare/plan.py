@@ -26,9 +26,11 @@ __all__ = ["ComparePlan", "Job", "MethodSpec", "PretrainedSpec", "plan_from_conf
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 LAUNCH_MODES = ("per_method", "per_run")
-# target config -> (config key that takes the checkpoint, pretrained entry used by default)
+# target config -> (config key that takes the checkpoint, pretrained entry used by default):
+# every target config whose source needs teacher logits or previous probabilities
+_TEACHER = ("teacher.checkpoint", "teacher")
 CHECKPOINT_KEYS = {
-    "kd": ("teacher.checkpoint", "teacher"),
+    **dict.fromkeys(("kd", "kd_reverse", "kd_jsd", "kd_tvd", "kd_std", "dkd", "dist"), _TEACHER),
     "reloop": ("previous.checkpoint", "previous"),
 }
 RESERVED_PREFIXES = ("seed=", "method=", "hydra.sweep.", "hydra.run.")
