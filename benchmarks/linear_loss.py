@@ -131,12 +131,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_child(args: argparse.Namespace) -> None:
-    """Peak extra memory of one call of one variant, in this fresh process."""
+def _limit_memory(args: argparse.Namespace) -> None:
+    """Address-space limit (``--memory-limit-gib``): a run beyond it fails with an error
+    instead of taking the shared machine's memory."""
     if args.memory_limit_gib:
         limit = int(args.memory_limit_gib * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    torch.set_num_threads(args.threads)
+
+
+def run_child(args: argparse.Namespace) -> None:
+    """Peak extra memory of one call of one variant, in this fresh process."""
     n, h, v = (int(d) for d in args.shape.split(","))
     x = make_inputs(n, h, v, args.device, getattr(torch, args.dtype), args.bias)
     step = make_step(args.group, args.variant, x, args.chunk_rows)
@@ -181,14 +185,14 @@ def peak_memory_mib(group, variant, shape, args, chunk_rows=None) -> float | Non
 
 
 def time_interleaved(steps: dict, args: argparse.Namespace) -> dict[str, float | None]:
-    """Median seconds per step over ``args.repeat`` rounds after one warm-up round; each round
+    """Median seconds per step over ``args.repeat`` rounds after ``args.warmup``; each round
     runs every step once, in an order rotated by one per round, so that a change of the
     machine's load during the run reaches every variant alike. A step that fails (e.g. out of
     memory) gets NaN."""
     times: dict[str, list[float]] = {name: [] for name in steps}
     failed: set[str] = set()
     names = list(steps)
-    for round_index in range(args.repeat + 1):
+    for round_index in range(args.warmup + args.repeat):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             if name in failed:
@@ -202,7 +206,7 @@ def time_interleaved(steps: dict, args: argparse.Namespace) -> dict[str, float |
                 failed.add(name)
                 continue
             _sync(args.device)
-            if round_index > 0:
+            if round_index >= args.warmup:
                 times[name].append(time.perf_counter() - start)
         last = {"-".join(str(k) for k in n): round(t[-1], 3) for n, t in times.items() if t}
         print(f"  round {round_index}: {last}", file=sys.stderr, flush=True)
@@ -289,7 +293,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--groups", default="LS,KD", help="comma-separated: LS, KD")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
-    parser.add_argument("--repeat", type=int, default=3, help="timed rounds after a warm-up")
+    parser.add_argument("--repeat", type=int, default=3, help="timed rounds")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before them")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (inputs)")
@@ -314,13 +319,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    _limit_memory(args)
     if args.child:
         run_child(args)
         return
     print(
         f"torch {torch.__version__}, device {args.device}, threads {args.threads}, "
-        f"{args.dtype}, forward+backward, median of {args.repeat} interleaved rounds after 1 "
-        f"warm-up; eps={EPS}, T={TEMPERATURE}, alpha={ALPHA}, bias={args.bias}"
+        f"{args.dtype}, forward+backward, median of {args.repeat} interleaved rounds after "
+        f"{args.warmup} warm-up; eps={EPS}, T={TEMPERATURE}, alpha={ALPHA}, bias={args.bias}"
     )
     groups = args.groups.split(",")
     for shape in args.shapes:
