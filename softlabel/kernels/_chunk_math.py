@@ -121,16 +121,16 @@ def ce_prior_matrix_chunk(
         s_y = torch.linalg.vecdot(src, q)
         q_sum = q.sum(dim=1)
     u_sum = work.sum(dim=1)
-    dot_u = torch.linalg.vecdot(src, work)  # u . s, taken before g is overwritten
     m, log_z = _softmax_log_z(src, g)
     hard = (q_sum * m - s_y) + q_sum * log_z
-    smooth = (u_sum * m - dot_u) + u_sum * log_z
     g.mul_(((1.0 - eps) * q_sum + eps * u_sum).unsqueeze(1))
     g.sub_(work, alpha=eps)
     if q is None:
         g.scatter_add_(1, y, g.new_full(y.shape, -(1.0 - eps)))
     else:
         g.sub_(q, alpha=1.0 - eps)
+    dot_u = work.mul_(s).sum(dim=1)  # u . s, in place: u is no longer needed
+    smooth = (u_sum * m - dot_u) + u_sum * log_z
     return (1.0 - eps) * hard + eps * smooth
 
 
@@ -319,12 +319,13 @@ def _divergence_terms(
         torch.sub(r, q, out=g)
         d = 0.5 * torch.linalg.vector_norm(g, ord=1, dim=1)
         g.sign_()
-        g.sub_(torch.linalg.vecdot(r, g).unsqueeze(1)).mul_(r)
+        r_dot_h = torch.mul(r, g, out=b_buf).sum(dim=1)  # q is no longer needed
+        g.sub_(r_dot_h.unsqueeze(1)).mul_(r)
         return d, 0.5
     if divergence == "reverse_kl":
         r = _softmax_into(g, b_buf)  # q is no longer needed
         w = torch.sub(g, a_buf, out=a_buf).add_((log_z_b - _log_z(r)).unsqueeze(1))
-        d = torch.linalg.vecdot(r, w)
+        d = torch.mul(r, w, out=g).sum(dim=1)  # a is no longer needed
         torch.sub(w, d.unsqueeze(1), out=g).mul_(r)
         return d, 1.0
     # jsd, 0 < beta < 1
@@ -332,9 +333,9 @@ def _divergence_terms(
     dlog = torch.sub(g, a_buf, out=a_buf).add_((log_z_b - _log_z(r)).unsqueeze(1))
     torch.add(dlog, math.log1p(-beta), out=g)
     torch.logaddexp(g, g.new_tensor(math.log(beta)), out=g)  # g = log M - log q
-    teacher_kl = -torch.linalg.vecdot(q, g)
     v = dlog.sub_(g)  # log r - log M
-    student_kl = torch.linalg.vecdot(r, v)
+    teacher_kl = q.mul_(g).sum(dim=1).neg_()  # q . (log q - log M); q is no longer needed
+    student_kl = torch.mul(r, v, out=b_buf).sum(dim=1)
     torch.sub(v, student_kl.unsqueeze(1), out=g).mul_(r)
     return beta * teacher_kl + (1.0 - beta) * student_kl, 1.0 - beta
 
@@ -381,7 +382,8 @@ def divergence_chunk(
         inv_std = (std_s + STD_EPS).reciprocal_()
         z = _standardized_again(s, mean_s, inv_std, work_a)
         kappa = torch.where(std_s > 0, 1.0 / ((k - 1) * std_s * inv_std), 0.0)
-        g.addcmul_(z, (-kappa * torch.linalg.vecdot(g, z)).unsqueeze(1))
+        u_dot_z = torch.mul(g, z, out=work_b).sum(dim=1)
+        g.addcmul_(z, (-kappa * u_dot_z).unsqueeze(1))
         g.mul_((coef * inv_std).unsqueeze(1))
         scale = 1.0
     else:  # the constant scale is folded into backward (``divergence_grad_scale``)
@@ -402,7 +404,7 @@ def divergence_chunk(
     else:
         c = _as_compute(target_probs, g)
         c_sum = c.sum(dim=1)
-        s_y = torch.linalg.vecdot(work_b.copy_(s), c) - c_sum * m_s  # c . (s - m_s)
+        s_y = work_b.copy_(s).mul_(c).sum(dim=1) - c_sum * m_s  # c . (s - m_s)
         g.addcmul_(p, (ce_grad * c_sum).unsqueeze(1))
         g.sub_(c, alpha=ce_grad)
     ce = c_sum * _log_z(p) - s_y
