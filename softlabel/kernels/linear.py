@@ -50,7 +50,8 @@ from softlabel.kernels.fused import (
 #: Unlike the logits-only kernel (32 MiB on CPU, sized for the last-level cache), each chunk
 #: here streams the whole V x H weight through three matrix products (logits, grad_h and the
 #: grad_W update), so the chunk is sized for those products: 256 MiB on CPU is 1016 rows for
-#: CE/LS/ReLoop at V = 32000, H = 1024, fp32. The CUDA figure is a choice, not a measurement.
+#: CE/LS/ReLoop and 414 for KD at V = 32000, H = 1024, fp32, and 257 rows for CE/LS/ReLoop at
+#: V = 128256, H = 2048. The CUDA figure is a choice, not a measurement.
 LINEAR_CHUNK_BYTES = {"cpu": 256 << 20, "cuda": 1 << 30}
 
 #: Budget for device types not listed in ``LINEAR_CHUNK_BYTES``.
@@ -59,9 +60,9 @@ DEFAULT_LINEAR_CHUNK_BYTES = 256 << 20
 #: Fewest rows per chunk (unless N is smaller). A chunk's products do about chunk_rows
 #: multiply-adds per weight element they read or update, so short chunks are bound by memory:
 #: on CPU, forward + backward at (N, H, V) = (2048, 1024, 32000) took 1.6x as long (LS and KD)
-#: with 128-row chunks as with 512 to 2048 rows, which were within 6% of each other
-#: (docs/performance.md, "Linear-head loss"). The CUDA figure is a choice, not a measurement.
-MIN_CHUNK_ROWS = {"cpu": 512, "cuda": 1024}
+#: with 128-row chunks as with 512 to 2048 rows (docs/performance.md, "Linear-head loss").
+#: The CUDA figure is a choice, not a measurement.
+MIN_CHUNK_ROWS = {"cpu": 256, "cuda": 1024}
 
 
 def default_linear_chunk_rows(
@@ -162,7 +163,7 @@ def _linear_pass(
         labels = labels.unsqueeze(1)
     probs = spec.soft_target
     if probs is not None:
-        q_min, q_sum = loss.new_empty(n), loss.new_empty(n)
+        q_min, q_sum = loss.new_zeros(n), loss.new_ones(n)  # skipped chunks pass the check
     scale = grad_scale(spec)
     for index, a in enumerate(range(0, n, rows)):
         b = min(n, a + rows)
