@@ -390,14 +390,16 @@ def check_prior(prior: Any, num_classes: int, like: Tensor) -> Tensor:
             )
     else:  # row minima and sums only (NaN fails the minimum, inf the sum): no K x K copies
         row_min = prior.amin(dim=1)
-        row_sum = prior.sum(dim=1, dtype=torch.float64)
+        # sum(dtype=float64) would copy the matrix; half precision is summed in float32
+        wide = prior.float() if prior.dtype in (torch.float16, torch.bfloat16) else prior
+        row_sum = wide.sum(dim=1).double()
         bad = ~((row_min >= 0) & ((row_sum - 1.0).abs() <= PRIOR_TOLERANCE))
         if bool(bad.any()):
             row = int(bad.nonzero()[0])
             raise ValueError(
                 f"prior matrix rows must be non-negative and sum to 1 (within "
-                f"{PRIOR_TOLERANCE}); row {row} (class {row}'s smoothing distribution) is "
-                f"{prior[row].tolist()} with sum {row_sum[row].item():.6g}"
+                f"{PRIOR_TOLERANCE}); row {row} (class {row}'s smoothing distribution) has "
+                f"minimum {row_min[row].item():.6g} and sum {row_sum[row].item():.6g}"
             )
     return prior.to(device=like.device, dtype=compute_dtype(like))
 
