@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import softlabel.functional as SF
+import softlabel.kernels.fused as fused_kernel
 from softlabel import LinearSoftTargetLoss, SoftTargetLoss
 from softlabel.kernels import default_linear_chunk_rows
 from softlabel.targets import (
@@ -211,6 +212,18 @@ def test_divergences_dkd_and_prior_matrix_match_reference_and_materialized_path(
     ours = linear_module(name, case, reduction=reduction, chunk_rows=4)
     expected = materialized_module(name, case, reduction=reduction)
     assert_same_values_and_grads(ours, expected, inputs, torch.float64)
+
+
+@pytest.mark.parametrize("name", ["ls", "ls_matrix", "kd", "kd_jsd", "dkd", "reloop"])
+def test_chunk_math_on_cache_sized_sub_chunks(name, monkeypatch):
+    """Each chunk of logits is handed to the chunk math in the fused kernel's row count: with
+    a tiny budget, chunks of 5 rows run as sub-chunks of 1 or 2 rows."""
+    monkeypatch.setitem(fused_kernel.CHUNK_BYTES, "cpu", 256)
+    case = make_case((2, 5), torch.float64, True)
+    for reduction in ("mean", "none"):
+        ours = linear_module(name, case, reduction=reduction, chunk_rows=5)
+        expected = reference(name, case, reduction)
+        assert_same_values_and_grads(ours, expected, grad_inputs(case), torch.float64)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

@@ -2,9 +2,10 @@
 
 Rows are processed in chunks. Per chunk: ``s = h_c @ W^T + b`` (and the teacher's
 ``t = th_c @ TW^T + tb``), the per-chunk math of the fused kernel (``fused._chunk_loss``,
-every mode of ``LossSpec``) writes ``g = d loss_i / d s_i`` (divided by ``grad_scale``) into a
-chunk buffer, and with ``c_i`` the row's coefficient in the reduced loss the gradients are
-accumulated at once (as in Liger-Kernel's fused-linear losses):
+every mode of ``LossSpec``, run on sub-chunks of the fused kernel's cache-sized row count)
+writes ``g = d loss_i / d s_i`` (divided by ``grad_scale``) into a chunk buffer, and with
+``c_i`` the row's coefficient in the reduced loss the gradients are accumulated at once (as in
+Liger-Kernel's fused-linear losses):
 
     grad_h[chunk] = (c g) W,    grad_W += (c g)^T h_c,    grad_b += sum_rows (c g).
 
@@ -43,26 +44,30 @@ from softlabel.kernels.fused import (
     _compute_dtype,
     _graph_is_kept,
     _work_buffers,
+    default_chunk_rows,
     grad_scale,
 )
 
-#: Bytes of the (chunk_rows, V) and (chunk_rows, H) arrays of one chunk per device type.
-#: Unlike the logits-only kernel (32 MiB on CPU, sized for the last-level cache), each chunk
-#: here streams the whole V x H weight through three matrix products (logits, grad_h and the
-#: grad_W update), so the chunk is sized for those products: 256 MiB on CPU is 1016 rows for
-#: CE/LS/ReLoop and 414 for KD at V = 32000, H = 1024, fp32, and 257 rows for CE/LS/ReLoop at
-#: V = 128256, H = 2048. The CUDA figure is a choice, not a measurement.
+#: Bytes of the (chunk_rows, V) and (chunk_rows, H) arrays of one chunk per device type: the
+#: gradient, the logits (made in the gradient buffer itself for CE, LS and ReLoop in fp32 and
+#: fp64) and the teacher's logits (KD, DKD). Unlike the logits-only kernel (32 MiB on CPU, sized
+#: for the last-level cache, which this loss keeps for the chunk math by running it on
+#: sub-chunks of ``fused.default_chunk_rows`` rows), each chunk here streams the whole V x H
+#: weight through three matrix products (logits, grad_h and the grad_W update), so the chunk
+#: is sized for those products. 256 MiB on CPU: 1971 rows for LS and 684 for KD at V = 32000,
+#: H = 1024, fp32; 512 rows (the floor) at V = 128256, H = 2048. The CUDA figure is a choice,
+#: not a measurement.
 LINEAR_CHUNK_BYTES = {"cpu": 256 << 20, "cuda": 1 << 30}
 
 #: Budget for device types not listed in ``LINEAR_CHUNK_BYTES``.
 DEFAULT_LINEAR_CHUNK_BYTES = 256 << 20
 
 #: Fewest rows per chunk (unless N is smaller). A chunk's products do about chunk_rows
-#: multiply-adds per weight element they read or update, so short chunks are bound by memory:
-#: on CPU, forward + backward at (N, H, V) = (2048, 1024, 32000) took 1.6x as long (LS and KD)
-#: with 128-row chunks as with 512 to 2048 rows (docs/performance.md, "Linear-head loss").
-#: The CUDA figure is a choice, not a measurement.
-MIN_CHUNK_ROWS = {"cpu": 256, "cuda": 1024}
+#: multiply-adds per weight element they read or update, and short products are slow: on CPU
+#: (2 threads) the three products of 1024 rows at H = 2048, V = 128256 took 19.1 s in chunks
+#: of 256 rows, 16.7 s in chunks of 512 and 15.3 s in one product (docs/performance.md,
+#: "Linear-head loss"). The CUDA figure is a choice, not a measurement.
+MIN_CHUNK_ROWS = {"cpu": 512, "cuda": 1024}
 
 
 def default_linear_chunk_rows(
@@ -70,16 +75,26 @@ def default_linear_chunk_rows(
     hidden_size: int,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
-    arrays: int = 5,
+    arrays: int = 2,
 ) -> int:
-    """Rows per chunk: the chunk's ``arrays`` (rows, V) arrays and two (rows, H) arrays hold
-    about ``LINEAR_CHUNK_BYTES[device type]``, with at least ``MIN_CHUNK_ROWS[device type]``
-    rows."""
+    """Rows per chunk: the chunk's ``arrays`` (rows, V) arrays (logits and gradient, plus the
+    teacher's logits for KD) and two (rows, H) arrays hold about
+    ``LINEAR_CHUNK_BYTES[device type]``, with at least ``MIN_CHUNK_ROWS[device type]`` rows."""
     itemsize = 8 if dtype == torch.float64 else 4
     kind = torch.device(device).type
     budget = LINEAR_CHUNK_BYTES.get(kind, DEFAULT_LINEAR_CHUNK_BYTES)
     per_row = (arrays * vocab_size + 2 * hidden_size) * itemsize
     return max(MIN_CHUNK_ROWS.get(kind, 1), budget // per_row, 1)
+
+
+def _reads_logits_through_gradient(spec: LossSpec) -> bool:
+    """True when the chunk math of ``spec`` reads the logits only as the rows it would upcast
+    into the gradient buffer ``g`` (``_chunk_math._source_rows``, the path half-precision
+    logits take), so that the logits can be made in ``g`` itself: one (rows, V) array less.
+    That is CE and label smoothing toward a prior vector (``ce_ls_chunk``) and ReLoop."""
+    if spec.mode == "ls":
+        return spec.prior is None or spec.prior.dim() == 1
+    return spec.mode in ("hard", "reloop")
 
 
 def _prior_terms(spec: LossSpec, cd: torch.dtype) -> tuple[Tensor | None, float | None]:
@@ -148,14 +163,20 @@ def _linear_pass(
     if valid is not None and bool(valid.all()):
         valid = None
     rounded = want and h.dtype != cd  # half inputs: c g rounded to the input dtype
-    arrays = 2 + (teacher is not None) + _work_buffers(spec) + rounded
-    rows = spec.chunk_rows or default_linear_chunk_rows(k, h.shape[1], cd, h.device, arrays)
+    shared = h.dtype == cd and _reads_logits_through_gradient(spec)
+    inputs = 1 + (teacher is not None)  # the chunk's logits and teacher logits
+    rows = spec.chunk_rows or default_linear_chunk_rows(
+        k, h.shape[1], cd, h.device, inputs + (not shared) + rounded
+    )
     rows = min(n, rows)
+    # the chunk math runs on sub-chunks of the fused kernel's (cache-sized) rows
+    n_work = _work_buffers(spec)
+    math_rows = min(rows, default_chunk_rows(k, cd, "ls", h.device, inputs + 1 + n_work))
     counts = _chunk_valid_counts(valid, n, rows)
-    s_buf = h.new_empty((rows, k))
     g_buf = h.new_empty((rows, k), dtype=cd)
+    s_buf = g_buf if shared else h.new_empty((rows, k))
     t_buf = teacher.hidden.new_empty((rows, k)) if teacher is not None else None
-    work = [h.new_empty((rows, k), dtype=cd) for _ in range(_work_buffers(spec))]
+    work = [h.new_empty((math_rows, k), dtype=cd) for _ in range(n_work)]
     work_a, work_b, work_c = (work + [None, None, None])[:3]
     round_buf = h.new_empty((rows, k)) if rounded else None
     prior_eps, prior_sum = _prior_terms(spec, cd)
@@ -173,15 +194,30 @@ def _linear_pass(
         s = student.logits_into(a, b, s_buf[:r])
         t = None if teacher is None else teacher.logits_into(a, b, t_buf[:r])
         g = g_buf[:r]
-        y = None if labels is None else labels[a:b]
-        q = None
-        if probs is not None:
-            q = probs[a:b]
-            torch.amin(q, dim=1, out=q_min[a:b])
-            torch.sum(q, dim=1, dtype=cd, out=q_sum[a:b])
-        loss[a:b] = _chunk_loss(
-            s, y, q, g, spec, a, b, work_a, work_b, prior_eps, prior_sum, t, work_c=work_c
-        )
+        for i in range(a, b, math_rows):
+            j = min(b, i + math_rows)
+            y = None if labels is None else labels[i:j]
+            q = None
+            if probs is not None:
+                q = probs[i:j]
+                torch.amin(q, dim=1, out=q_min[i:j])
+                torch.sum(q, dim=1, dtype=cd, out=q_sum[i:j])
+            t_ij = None if t is None else t[i - a : j - a]
+            loss[i:j] = _chunk_loss(
+                s[i - a : j - a],
+                y,
+                q,
+                g[i - a : j - a],
+                spec,
+                i,
+                j,
+                work_a,
+                work_b,
+                prior_eps,
+                prior_sum,
+                t_ij,
+                work_c=work_c,
+            )
         if not want:
             continue
         c = row_weight[a:b].to(cd).unsqueeze(1)
