@@ -8,15 +8,15 @@ import torch
 from torch import Tensor, nn
 
 from softlabel.functional._validation import check_reduction
-from softlabel.targets import Hard, TargetSource
+from softlabel.targets import Hard, TargetSource, Teacher, TopKLogits
 
 
 class SoftTargetLoss(nn.Module):
     """``SoftTargetLoss(source)(logits, target, reference=None)``.
 
     Gives the same values and gradients as the source's functional form. ``reference`` is
-    the teacher's logits (``Teacher``) or the previous model's probabilities
-    (``PreviousModel``). ``weight`` (per class) is a buffer, so it follows ``.to(device)``.
+    the teacher's logits (``Teacher``; also a top-k ``TopKLogits``) or the previous model's
+    probabilities (``PreviousModel``). ``weight`` (per class) is a buffer, so it follows ``.to(device)``.
     ``target`` holds class indices ``(...)`` or class probabilities ``(..., K)``;
     ``binary=True`` makes it one 0/1 target per logit (binary or multi-label).
     """
@@ -74,11 +74,23 @@ class SoftTargetLoss(nn.Module):
     def values(self) -> dict[str, float]:
         return self.source.values()
 
-    def forward(self, logits: Tensor, target: Tensor, reference: Tensor | None = None) -> Tensor:
+    def forward(
+        self, logits: Tensor, target: Tensor, reference: Tensor | TopKLogits | None = None
+    ) -> Tensor:
         if reference is not None and self.source.reference is None:
+            what = (
+                "a top-k TopKLogits"
+                if isinstance(reference, TopKLogits)
+                else f"a tensor of shape {tuple(reference.shape)}"
+            )
+            raise ValueError(f"{type(self.source).__name__} takes no reference, got {what}")
+        if isinstance(reference, TopKLogits) and not isinstance(self.source, Teacher):
             raise ValueError(
-                f"{type(self.source).__name__} takes no reference, got a tensor of shape "
-                f"{tuple(reference.shape)}"
+                f"{type(self.source).__name__} needs the teacher's logits over every class, got "
+                "a top-k reference (TopKLogits: k ids plus a tail bucket), which only Teacher "
+                "(target=kd and its divergences) reads; for a top-k cache set "
+                "teacher.tail=uniform (TeacherCache.open(..., tail='uniform')) to get dense "
+                "logits rebuilt with a uniform tail, or use a dense cache"
             )
         return self.source.loss(
             logits,

@@ -20,12 +20,15 @@ from softlabel.functional.linear import (
 from softlabel.functional.relaxation import label_relaxation_loss
 from softlabel.functional.self_correction import self_correction_loss
 from softlabel.functional.smoothing import label_smoothing_loss
+from softlabel.functional.topk import TopKLogits, topk_distillation_loss
 from softlabel.functional.virtual_teacher import virtual_teacher_loss
 
 __all__ = [
     "cross_entropy_loss",
     "label_smoothing_loss",
     "distillation_loss",
+    "topk_distillation_loss",
+    "TopKLogits",
     "decoupled_distillation_loss",
     "label_relaxation_loss",
     "self_correction_loss",

@@ -1,6 +1,7 @@
 """Target sources: each defines ``w`` and ``soft_term`` in
 ``loss = (1 - w) * hard_CE + w * soft_term`` and holds its hyper-parameters as schedules."""
 
+from softlabel.functional.topk import TopKLogits
 from softlabel.targets._base import TargetSource
 from softlabel.targets.adaptive_smoothing import MarginSmoothing
 from softlabel.targets.decoupled import DecoupledTeacher
@@ -19,6 +20,7 @@ __all__ = [
     "UniformPrior",
     "ClassPrior",
     "Teacher",
+    "TopKLogits",
     "DecoupledTeacher",
     "LabelRelaxation",
     "PreviousModel",

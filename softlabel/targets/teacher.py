@@ -8,6 +8,7 @@ from torch import Tensor
 
 from softlabel.functional import distillation_loss
 from softlabel.functional._validation import check_beta, check_divergence, check_flag
+from softlabel.functional.topk import TopKLogits, topk_distillation_loss
 from softlabel.targets._base import HyperParameter, TargetSource, hyper_parameter
 
 _SUFFIX = {"forward_kl": "", "reverse_kl": "_reverse", "jsd": "_jsd", "tvd": "_tvd"}
@@ -20,7 +21,10 @@ class Teacher(TargetSource):
     generalized JSD of GKD with mixture weight ``beta``, a hyper-parameter that may follow a
     schedule) or ``"tvd"``; ``standardize=True`` z-scores both logits per position first (Sun
     et al., CVPR 2024). See ``softlabel.functional.distillation_loss``. ``reference`` is the
-    teacher's logits, of the student's shape. The name (recorded as the method) is ``kd``
+    teacher's logits, of the student's shape, or a top-k reference ``TopKLogits`` (a top-k
+    teacher cache with ``tail="bucket"``): then the loss is
+    ``softlabel.functional.topk_distillation_loss`` on the k kept ids plus one tail bucket
+    (not with ``standardize=True``, which needs every logit). The name (recorded as the method) is ``kd``
     plus ``_reverse``, ``_jsd`` or ``_tvd``, plus ``_std`` when standardizing.
     """
 
@@ -53,8 +57,10 @@ class Teacher(TargetSource):
         self.name = "kd" + _SUFFIX[divergence] + ("_std" if standardize else "")
 
     def _loss(
-        self, logits: Tensor, target: Tensor | None, reference: Tensor, **options: Any
+        self, logits: Tensor, target: Tensor | None, reference: Tensor | TopKLogits, **options: Any
     ) -> Tensor:
+        if isinstance(reference, TopKLogits):
+            return self._topk_loss(logits, target, reference, **options)
         extra: dict[str, Any] = {}
         if self.divergence != "forward_kl":
             extra["divergence"] = self.divergence
@@ -63,6 +69,33 @@ class Teacher(TargetSource):
         if self.standardize:
             extra["standardize"] = True
         return distillation_loss(
+            logits, reference, target, self.temperature, self.alpha, **extra, **options
+        )
+
+    def _topk_loss(
+        self,
+        logits: Tensor,
+        target: Tensor | None,
+        reference: TopKLogits,
+        *,
+        binary: bool | None = None,
+        **options: Any,
+    ) -> Tensor:
+        if self.standardize:
+            raise ValueError(
+                "standardize=True needs the teacher's logits over every class (it z-scores "
+                "them), but the reference is a top-k TopKLogits (k ids plus a tail); use "
+                "standardize=False, or a dense cache / live teacher (teacher.tail=uniform "
+                "gives dense logits rebuilt from a top-k cache)"
+            )
+        if binary:
+            raise ValueError(
+                "binary=True: a top-k reference (TopKLogits) needs multiclass logits (..., V)"
+            )
+        extra: dict[str, Any] = {"divergence": self.divergence}
+        if self.divergence == "jsd":
+            extra["beta"] = self.beta
+        return topk_distillation_loss(
             logits, reference, target, self.temperature, self.alpha, **extra, **options
         )
 
