@@ -3,6 +3,7 @@ returns logits ``(N, num_classes)``, or ``(N,)`` when ``num_classes == 1`` (bina
 
 from softlabel.models.build import build_model
 from softlabel.models.cnn import CNN
+from softlabel.models.hf import CausalLM, hf_causal_lm
 from softlabel.models.mlp import MLP
 from softlabel.models.resnet import (
     BasicBlock,
@@ -17,10 +18,12 @@ from softlabel.models.resnet import (
 
 __all__ = [
     "CNN",
+    "CausalLM",
     "MLP",
     "BasicBlock",
     "CifarResNet",
     "build_model",
+    "hf_causal_lm",
     "resnet8",
     "resnet8x4",
     "resnet14",

@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 METRICS_FILE = "metrics.json"
+LM_TASK = "causal_lm"
 PREDICTIONS_FILE = "predictions_test.npz"  # the val-selected weights
 PREDICTIONS_LAST_FILE = "predictions_test_last.npz"  # the final weights
 CHECKPOINT_DIR = "checkpoints"
@@ -437,22 +438,26 @@ def _train(
     _check_splits(cfg, datamodule)
     loss = build_loss(cfg, datamodule)
     source = loss.source
-    provider, reference_record = build_reference_provider(cfg, source.reference, datamodule)
-    student = build_model(cfg.student, datamodule)
     optimizer = instantiate(cfg.optimizer, _partial_=True)
     scheduler, interval = scheduler_parts(cfg)
     task = datamodule.task
-    module = SoftLabelModule(
-        student,
-        loss,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scheduler_interval=interval,
-        reference_provider=provider,
-        task=task,
-        num_classes=1 if task == "binary" else int(datamodule.num_classes),
-    )
-    monitor = cfg.get("monitor") or monitor_for(task)
+    if task == LM_TASK:
+        module, reference_record = _lm_module(cfg, datamodule, loss, optimizer, scheduler, interval)
+        student = module.student
+    else:
+        provider, reference_record = build_reference_provider(cfg, source.reference, datamodule)
+        student = build_model(cfg.student, datamodule)
+        module = SoftLabelModule(
+            student,
+            loss,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scheduler_interval=interval,
+            reference_provider=provider,
+            task=task,
+            num_classes=1 if task == "binary" else int(datamodule.num_classes),
+        )
+    monitor = cfg.get("monitor") or ("val/nll" if task == LM_TASK else monitor_for(task))
     _check_monitors(cfg, monitor, module)
     ckpt_path, resume_step = None, None
     if cfg.get("ckpt_path"):
@@ -503,6 +508,13 @@ def _train(
         "global_step": trainer.global_step,
         "data_fingerprint": getattr(datamodule, "fingerprint", None),
     }
+    if task == LM_TASK and trainer.is_global_zero:
+        from softlabel.modules.lm_build import HF_MODEL_DIR, save_hf_model
+
+        # the module holds the val-selected weights here (see below), else the final ones
+        hf_dir = os.path.join(output_dir, HF_MODEL_DIR)
+        if save_hf_model(student, getattr(datamodule, "tokenizer", None), hf_dir):
+            record["hf_model"] = {"dir": HF_MODEL_DIR, "weights": "best" if best else "last"}
     if trainer.is_global_zero:
         if save_predictions:
             # The module holds the val-selected weights here (the last evaluation loaded
@@ -511,6 +523,35 @@ def _train(
             record["predictions"] = {"best": PREDICTIONS_FILE, "last": PREDICTIONS_LAST_FILE}
         write_json_atomic(os.path.join(output_dir, METRICS_FILE), _jsonable(record))
     return record
+
+
+def _lm_module(
+    cfg: DictConfig, datamodule: Any, loss: Any, optimizer: Any, scheduler: Any, interval: str
+) -> tuple[Any, dict[str, Any]]:
+    """The ``CausalLMModule`` of a ``data=text`` run and what to record of its references."""
+    from softlabel.modules.lm_build import build_lm_model, build_lm_reference_provider
+    from softlabel.modules.lm_module import CausalLMModule
+
+    if cfg.get("save_predictions"):
+        raise ValueError(
+            "save_predictions=true writes class probabilities per sample; a causal-LM run "
+            "has none: leave save_predictions=false (the model is saved in hf_model/)"
+        )
+    student = build_lm_model(cfg.student, datamodule)
+    provider, record = build_lm_reference_provider(cfg, loss.source.reference, datamodule, student)
+    lm = cfg.get("lm") or {}
+    module = CausalLMModule(
+        student,
+        loss,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scheduler_interval=interval,
+        reference_provider=provider,
+        vocab_size=int(getattr(student, "vocab_size", datamodule.vocab_size)),
+        linear_head=bool(lm.get("linear_head", True)),
+        chunk_rows=lm.get("chunk_rows"),
+    )
+    return module, record
 
 
 def _jsonable(value: Any) -> Any:

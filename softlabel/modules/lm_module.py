@@ -1,0 +1,231 @@
+"""``CausalLMModule``: a causal language model trained with a soft-target loss, token-level.
+
+Each batch ``(input_ids, labels, index)`` holds blocks of ``L`` tokens; ``labels`` equal
+the inputs with ``-100`` on padding. The causal shift happens here and only here, as in
+transformers' ``ForCausalLMLoss``: the logits at positions ``0..L-2`` are scored against
+``labels[:, 1:]``. The student's head runs inside the linear-head loss
+(``softlabel.LinearSoftTargetLoss``: no ``(B, L, V)`` logits with gradients) whenever the
+model and the target source allow it; a live teacher then gives its final hidden states
+and head weight.
+
+Loss normalisation: the training loss is the token-summed loss divided by the number of
+non-ignored tokens of the whole optimizer step, over every micro-batch of gradient
+accumulation and every process, so ``accumulate_grad_batches=a`` with micro-batches
+``b`` gives the gradient of one batch of ``a*b`` blocks (the problem TRL fixed with
+``num_items_in_batch``). Each micro-batch backpropagates its token sum; before the
+optimizer step (and before gradient clipping) the gradients are multiplied by
+``a * world_size / N_step``, undoing Lightning's division by ``a`` and the data-parallel
+mean over processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from softlabel.modules.lm_metrics import build_lm_metrics
+from softlabel.modules.references import FrozenModelProvider, ReferenceProvider
+from softlabel.modules.soft_label_module import SoftLabelModule
+
+__all__ = ["IGNORE_INDEX", "CausalLMModule", "next_tokens", "shift_for_causal_lm"]
+
+IGNORE_INDEX = -100
+
+
+def shift_for_causal_lm(values: Any) -> Any:
+    """Drop the last position (logits, hidden states, references at ``0..L-2``): the
+    prediction at position ``t`` is scored against the token at ``t + 1``
+    (:func:`next_tokens`). A tuple of tensors (a top-k reference) is shifted field by field."""
+    if isinstance(values, tuple):
+        return type(values)(*(shift_for_causal_lm(v) for v in values))
+    return values[:, :-1]
+
+
+def next_tokens(labels: Tensor) -> Tensor:
+    """The targets of positions ``0..L-2``: ``labels[:, 1:]``."""
+    return labels[:, 1:]
+
+
+def _overrides(source: Any, hook: str) -> bool:
+    """Whether ``source`` implements ``hook`` itself (not the base class's no-op)."""
+    from softlabel.targets import TargetSource
+
+    method = getattr(type(source), hook, None)
+    return method is not None and method is not getattr(TargetSource, hook)
+
+
+class CausalLMModule(SoftLabelModule):
+    """Train a causal LM ``student`` (``softlabel.models.CausalLM`` or any module with
+    ``forward(input_ids) -> (B, L, V)``) with ``loss`` (a ``SoftTargetLoss``).
+
+    ``vocab_size``: the number of logits scored (the student's). ``teacher_vocab``: how many
+    of the teacher's logits to use (``vocab_size`` when the teacher's vocabulary is a padded
+    superset; see ``softlabel.models.hf.check_vocabularies``). ``linear_head``: use the
+    linear-head loss when possible (False: always materialize the logits).
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        loss: nn.Module,
+        *,
+        optimizer: Any,
+        scheduler: Any = None,
+        scheduler_interval: str = "step",
+        reference_provider: ReferenceProvider | None = None,
+        vocab_size: int,
+        linear_head: bool = True,
+        chunk_rows: int | None = None,
+    ) -> None:
+        super().__init__(
+            student,
+            loss,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scheduler_interval=scheduler_interval,
+            reference_provider=reference_provider,
+            task="multiclass",
+            num_classes=int(vocab_size),
+        )
+        from softlabel import LinearSoftTargetLoss, SoftTargetLoss
+        from softlabel.linear_loss import _SUPPORTED
+
+        self.task = "causal_lm"
+        self.vocab_size = int(vocab_size)
+        metrics = build_lm_metrics(self.vocab_size, IGNORE_INDEX)
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        source = loss.source
+        self.sum_loss = SoftTargetLoss(source, ignore_index=IGNORE_INDEX, reduction="sum")
+        self.observes = _overrides(source, "on_train_batch_end")
+        teacher = self._live_teacher()
+        usable = (
+            bool(linear_head)
+            and isinstance(source, _SUPPORTED)
+            and getattr(student, "linear_head", False)
+            and not self.observes
+            and (source.reference != "teacher_logits" or teacher is not None)
+        )
+        self.linear_loss = (
+            LinearSoftTargetLoss(
+                source, ignore_index=IGNORE_INDEX, reduction="sum", chunk_rows=chunk_rows
+            )
+            if usable
+            else None
+        )
+        self._step_tokens: Tensor | None = None
+
+    def _live_teacher(self) -> nn.Module | None:
+        """The frozen teacher model when it can give hidden states and a head."""
+        provider = self.reference_provider
+        if provider is None or provider.kind != "teacher_logits":
+            return None
+        model = (
+            getattr(provider, "model", None) if isinstance(provider, FrozenModelProvider) else None
+        )
+        if model is None or not getattr(model, "linear_head", False):
+            return None
+        return model
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """Student logits ``(B, L, V)``."""
+        return self.student(input_ids)
+
+    def _reference(self, input_ids: Tensor, index: Tensor) -> Any:
+        """The provider's reference at positions ``0..L-2``, vocabulary-aligned."""
+        ref = shift_for_causal_lm(self.reference_provider(input_ids, index))
+        if isinstance(ref, Tensor) and ref.shape[-1] > self.vocab_size:
+            ref = ref[..., : self.vocab_size]  # a padded-superset teacher
+        return ref
+
+    def token_loss_sum(self, input_ids: Tensor, labels: Tensor, index: Tensor) -> Tensor:
+        """The loss summed over the non-ignored tokens of the batch."""
+        target = next_tokens(labels)
+        source_ref = self.loss.source.reference
+        if self.linear_loss is not None:
+            head = self.student.head
+            hidden = shift_for_causal_lm(self.student.features(input_ids))
+            extra: dict[str, Any] = {}
+            if source_ref == "teacher_logits":
+                teacher = self._live_teacher()
+                assert teacher is not None
+                with torch.no_grad():
+                    extra["teacher_hidden"] = shift_for_causal_lm(teacher.features(input_ids))
+                t_head = teacher.head
+                extra["teacher_weight"] = t_head.weight.detach()[: self.vocab_size]
+                if t_head.bias is not None:
+                    extra["teacher_bias"] = t_head.bias.detach()[: self.vocab_size]
+            elif source_ref == "previous_probs":
+                extra["previous_probs"] = self._reference(input_ids, index)
+            return self.linear_loss(hidden, head.weight, target, head.bias, **extra)
+        logits = shift_for_causal_lm(self.student(input_ids))
+        reference = None if source_ref is None else self._reference(input_ids, index)
+        loss = self.sum_loss(logits, target, reference)
+        if self.observes:  # statistics a source keeps across steps (e.g. OLS)
+            keep = target != IGNORE_INDEX
+            self.loss.source.on_train_batch_end(logits.detach()[keep], target[keep])
+        return loss
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        input_ids, labels, index = batch
+        tokens = (next_tokens(labels) != IGNORE_INDEX).sum()
+        loss_sum = self.token_loss_sum(input_ids, labels, index)
+        self._step_tokens = tokens if self._step_tokens is None else self._step_tokens + tokens
+        count = max(int(tokens), 1)
+        self.log(
+            "train/loss",
+            loss_sum.detach() / count,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=count,
+            sync_dist=True,
+        )
+        source = self.loss.source
+        if self._is_logging_step():
+            values = {f"train/{k}": float(v) for k, v in source.values().items()}
+            if values:
+                self.log_dict(values, on_step=True, on_epoch=False, batch_size=count)
+        return loss_sum
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Scale the accumulated gradients of token sums to the mean over the step's tokens."""
+        tokens = self._step_tokens
+        self._step_tokens = None
+        if tokens is None:
+            return
+        trainer = self.trainer
+        total = trainer.strategy.reduce(tokens.detach().float(), reduce_op="sum")
+        scale = trainer.accumulate_grad_batches * trainer.world_size / total.clamp_min(1.0)
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    param.grad.mul_(scale.to(param.grad.dtype))
+
+    # -------------------------------------------------------------- evaluation
+    def _evaluate(self, batch: tuple[Tensor, Tensor, Tensor], metrics: Any) -> None:
+        input_ids, labels, _ = batch
+        target = next_tokens(labels)
+        metrics.update(shift_for_causal_lm(self.student(input_ids)), target)
+        tokens = max(int((target != IGNORE_INDEX).sum()), 1)
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=tokens)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics)
+
+    def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        input_ids, _, index = batch
+        return {"index": index, "logits": self.student(input_ids)}
+
+    def monitor_keys(self) -> list[str]:
+        names = [*self.val_metrics.keys(), "train/loss", "train/loss_step", "train/loss_epoch"]
+        names += [f"train/{k}" for k in self.loss.source.values()]
+        return sorted(set(names))
