@@ -132,3 +132,39 @@ def test_random_augmentation_is_refused_unless_allowed(tmp_path):
     assert len(open_for_datamodule(path, augmented, allow_augmentation=True)) == 30
     plain = SoftLabelDataModule(source, augment=False, batch_size=8)
     assert len(open_for_datamodule(path, plain)) == 30
+
+
+def test_training_from_a_topk_cache_reads_the_tail_bucket(tmp_path):
+    """teacher=cached on a top-k cache: kd trains on TopKLogits (tail=bucket, the default);
+    dkd, which needs every logit, says to set teacher.tail=uniform, and trains with it."""
+    from train_configs import QUICK, compose_train
+
+    from softlabel.modules.build import build_datamodule, build_reference_provider
+    from softlabel.targets import TopKLogits
+    from softlabel.train import train
+
+    path = tmp_path / "cache"
+    dev = [*QUICK, "trainer.fast_dev_run=2", "teacher=cached", f"teacher.cache={path}"]
+    cfg = compose_train(*dev, "target=kd")
+    assert cfg.teacher.tail == "bucket"
+    datamodule = build_datamodule(cfg)
+    write_cache(
+        path,
+        torch.randn(len(datamodule.source), 10, generator=torch.Generator().manual_seed(0)) * 3,
+        kind="topk",
+        k=3,
+        fingerprint=datamodule.fingerprint,
+        teacher_sha256="0" * 64,
+    )
+    provider, _ = build_reference_provider(cfg, "teacher_logits", datamodule)
+    reference = provider(torch.zeros(2, 64), torch.tensor([0, 5]))
+    assert isinstance(reference, TopKLogits) and reference.index.shape == (2, 3)
+    assert reference.tail.dtype == torch.float32 and torch.isfinite(reference.tail).all()
+    record = train(cfg, tmp_path / "kd")
+    assert record["method"] == "kd" and record["global_step"] == 2
+    with pytest.raises(ValueError, match="DecoupledTeacher needs the teacher's logits over every"):
+        train(compose_train(*dev, "target=dkd"), tmp_path / "dkd")
+    uniform = compose_train(*dev, "target=dkd", "teacher.tail=uniform")
+    dense, _ = build_reference_provider(uniform, "teacher_logits", datamodule)
+    assert dense(torch.zeros(2, 64), torch.tensor([0, 5])).shape == (2, 10)
+    assert train(uniform, tmp_path / "dkd_uniform")["global_step"] == 2

@@ -21,10 +21,11 @@ def test_two_spawned_processes_read_the_same_memmap_and_agree(tmp_path):
     dense = TeacherCache.open(
         write_cache(tmp_path / "dense", logits, kind="dense", fingerprint="f", teacher_sha256="h")
     )
-    topk = TeacherCache.open(
+    topk = TeacherCache.open(  # tail="uniform" travels with the pickled cache: dense rows
         write_cache(
             tmp_path / "topk", logits, kind="topk", k=3, fingerprint="f", teacher_sha256="h"
-        )
+        ),
+        tail="uniform",
     )
     index = [63, 0, 17, 17, 42]
     dense.lookup(torch.tensor([0]))  # mapped here too: children must map on their own

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from softlabel.cache import CacheWriter, TeacherCache, reconstruct_topk_logits, write_cache
+from softlabel.targets import TopKLogits
 
 NUM_SAMPLES, NUM_CLASSES = 40, 12
 
@@ -52,7 +53,8 @@ def test_dense_round_trip_matches_fp16_logits(tmp_path, logits):
     [(1, "float32", 1e-5), (3, "float32", 1e-5), (11, "float32", 1e-5), (3, "float16", 2e-3)],
 )
 def test_topk_round_trip_matches_reference_distribution(tmp_path, logits, k, dtype, tolerance):
-    """fp16 log-probabilities round each kept p by ~2**-11 relative, and the leftover with them."""
+    """tail="uniform": fp16 log-probabilities round each kept p by ~2**-11 relative, and the
+    stored log tail mass its R by ~2**-11 |log R| relative."""
     path = write_cache(
         tmp_path / "topk",
         logits,
@@ -62,7 +64,7 @@ def test_topk_round_trip_matches_reference_distribution(tmp_path, logits, k, dty
         fingerprint="fp",
         teacher_sha256="h",
     )
-    cache = TeacherCache.open(path)
+    cache = TeacherCache.open(path, tail="uniform")
     got = torch.softmax(cache.lookup(torch.arange(NUM_SAMPLES)), dim=-1).numpy()
     expected = reference_topk_distribution(logits.numpy(), k)
     np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance / 10)
@@ -110,12 +112,16 @@ def test_uniform_leftover_gives_the_tail_its_largest_softened_share(logits, k, t
 
 def test_topk_logits_stay_finite_for_a_certain_teacher(tmp_path):
     logits = torch.tensor([[0.0, 200.0, -200.0, 0.0]] * 3)
-    cache = TeacherCache.open(
-        write_cache(tmp_path / "c", logits, kind="topk", k=1, fingerprint="f", teacher_sha256="h")
+    path = write_cache(
+        tmp_path / "c", logits, kind="topk", k=1, fingerprint="f", teacher_sha256="h"
     )
-    out = cache.lookup(torch.tensor([0, 2]))
+    out = TeacherCache.open(path, tail="uniform").lookup(torch.tensor([0, 2]))
     assert torch.isfinite(out).all()
     assert torch.softmax(out, -1)[:, 1].min() > 0.999999
+    bucket = TeacherCache.open(path).lookup(torch.tensor([0, 2]))
+    exact = np.logaddexp.reduce(np.array([-200.0, -400.0, -200.0]))  # log(2 e^-200 + e^-400)
+    np.testing.assert_allclose(bucket.tail.numpy(), exact, rtol=1e-3)  # fp16 keeps it
+    assert (bucket.index[:, 0] == 1).all() and (bucket.logprob == 0).all()
 
 
 def test_streamed_writes_in_any_order_and_manifest_fields(tmp_path, logits):
@@ -144,7 +150,13 @@ def test_streamed_writes_in_any_order_and_manifest_fields(tmp_path, logits):
     got = np.load(tmp_path / "c" / "topk_logprob.npy")
     np.testing.assert_allclose(got, top.values.numpy(), rtol=1e-6)
     np.testing.assert_array_equal(np.load(tmp_path / "c" / "topk_index.npy"), top.indices.numpy())
-    assert pickle.loads(pickle.dumps(cache)).lookup(torch.tensor([1])).shape == (1, NUM_CLASSES)
+    exact_tail = np.log(1.0 - np.exp(top.values.double().logsumexp(-1).numpy()))
+    got_tail = np.load(tmp_path / "c" / "topk_tail.npy")
+    np.testing.assert_allclose(got_tail, exact_tail, rtol=1e-5)
+    copy = pickle.loads(pickle.dumps(cache))
+    assert isinstance(copy.lookup(torch.tensor([1])), TopKLogits)
+    uniform = pickle.loads(pickle.dumps(TeacherCache.open(tmp_path / "c", tail="uniform")))
+    assert uniform.lookup(torch.tensor([1])).shape == (1, NUM_CLASSES)
 
 
 def test_commit_refuses_missing_rows(tmp_path, logits):
@@ -191,3 +203,111 @@ def test_dense_fp16_overflow_is_refused(tmp_path):
     with pytest.raises(ValueError, match="do not fit dtype='float16'"):
         write_cache(tmp_path / "c", logits, kind="dense", fingerprint="f", teacher_sha256="h")
     assert list(tmp_path.iterdir()) == []
+
+
+def exact_reference(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Float64 numpy: ids of the k largest logits, their log-softmax, log of the rest's mass."""
+    z = logits.astype(np.float64)
+    logp = z - np.logaddexp.reduce(z, axis=-1, keepdims=True)
+    order = np.argsort(-logp, axis=-1, kind="stable")
+    kept, rest = order[..., :k], order[..., k:]
+    tail = np.logaddexp.reduce(np.take_along_axis(logp, rest, -1), axis=-1)
+    return kept, np.take_along_axis(logp, kept, -1), tail
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_topk_bucket_lookup_returns_the_stored_reference_with_the_exact_tail(tmp_path, dtype):
+    """The tail is the log-sum-exp of the other ids' log-probabilities, exact even where
+    1 - sum(p) is lost to rounding (a confident teacher: tails down to e^-60)."""
+    logits = torch.randn(NUM_SAMPLES, NUM_CLASSES, generator=torch.Generator().manual_seed(4))
+    logits[:, 0] += torch.linspace(0, 60, NUM_SAMPLES)
+    path = write_cache(
+        tmp_path / "c", logits, kind="topk", k=3, dtype=dtype, fingerprint="f", teacher_sha256="h"
+    )
+    got = TeacherCache.open(path).lookup(torch.arange(NUM_SAMPLES))
+    kept, logprob, tail = exact_reference(logits.numpy(), 3)
+    assert isinstance(got, TopKLogits) and got.index.dtype == torch.int64
+    assert got.logprob.dtype == torch.float32 and got.tail.shape == (NUM_SAMPLES,)
+    np.testing.assert_array_equal(got.index.numpy(), kept)
+    rtol = 1e-5 if dtype == "float32" else 2**-11
+    np.testing.assert_allclose(got.logprob.numpy(), logprob, rtol=rtol, atol=1e-6)
+    np.testing.assert_allclose(got.tail.numpy(), tail, rtol=rtol)
+    assert tail.min() < -50  # where 1 - sum(p) in float32 is 0 or noise
+    stored = np.load(path / "topk_tail.npy")
+    assert stored.dtype == np.dtype(dtype) and stored.shape == (NUM_SAMPLES,)
+
+
+@pytest.mark.parametrize(("kind", "k"), [("dense", None), ("topk", 4)])
+def test_sequence_cache_round_trip_with_row_shape(tmp_path, kind, k):
+    """Blocks of L = 6 tokens per dataset index, K = 50: (N, L, K) in, (B, L, ...) out."""
+    n, length, vocab = 9, 6, 50
+    logits = torch.randn(n, length, vocab, generator=torch.Generator().manual_seed(2)) * 4
+    with CacheWriter(
+        tmp_path / "seq",
+        kind=kind,
+        k=k,
+        num_samples=n,
+        num_classes=vocab,
+        row_shape=(length,),
+        fingerprint="f",
+        teacher_sha256="h",
+        block_bytes=1000,  # several hashed blocks of whole items
+    ) as writer:
+        writer.write(torch.tensor([8, 0, 4]), logits[[8, 0, 4]])
+        writer.write(torch.tensor([1, 2, 3, 5, 6, 7]), logits[[1, 2, 3, 5, 6, 7]])
+        writer.commit()
+    manifest = json.loads((tmp_path / "seq" / "manifest.json").read_text())
+    assert manifest["row_shape"] == [length] and manifest["version"] == 3
+    per_token = vocab * 2 if kind == "dense" else k * (2 + 2) + 2  # int16 ids, fp16 values
+    assert manifest["bytes_per_token"] == per_token
+    cache = TeacherCache.open(tmp_path / "seq", verify="full")
+    assert cache.row_shape == (length,) and f"bytes_per_token={per_token}" in repr(cache)
+    assert "row_shape=[6]" in repr(cache)
+    index = torch.tensor([7, 0, 7])
+    got = cache.lookup(index)
+    if kind == "dense":
+        expected = logits[index].numpy().astype(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(got.numpy(), expected)
+        return
+    kept, logprob, tail = exact_reference(logits[index].numpy(), k)
+    assert got.index.shape == (3, length, k) and got.tail.shape == (3, length)
+    np.testing.assert_array_equal(got.index.numpy(), kept)
+    np.testing.assert_allclose(got.logprob.numpy(), logprob, rtol=2**-11, atol=1e-6)
+    np.testing.assert_allclose(got.tail.numpy(), tail, rtol=2**-11)
+    dense = TeacherCache.open(tmp_path / "seq", tail="uniform").lookup(index)
+    assert dense.shape == (3, length, vocab)
+    np.testing.assert_allclose(
+        np.take_along_axis(dense.numpy(), kept, -1), got.logprob.numpy(), rtol=0, atol=0
+    )
+
+
+def test_writer_checks_the_row_shape(tmp_path):
+    with pytest.raises(ValueError, match=r"row_shape=\[0\] must be a list of positive integers"):
+        CacheWriter(
+            tmp_path / "c", kind="dense", num_samples=2, num_classes=3, row_shape=[0],
+            fingerprint="f", teacher_sha256="h",
+        )  # fmt: skip
+    with CacheWriter(
+        tmp_path / "c", kind="topk", k=1, num_samples=2, num_classes=3, row_shape=(4,),
+        fingerprint="f", teacher_sha256="h",
+    ) as writer:  # fmt: skip
+        with pytest.raises(
+            ValueError,
+            match=r"logits shape=\(2, 3\) must be \(len\(index\), \*row_shape, num_classes\) "
+            r"= \(2, 4, 3\) \(row_shape=\[4\]\)",
+        ):
+            writer.write(torch.arange(2), torch.zeros(2, 3))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lookup_tail_option_is_checked(tmp_path, logits):
+    path = write_cache(
+        tmp_path / "c", logits, kind="topk", k=2, fingerprint="f", teacher_sha256="h"
+    )
+    with pytest.raises(
+        ValueError, match=r"tail='spread' is not allowed; use one of \('bucket', 'uniform'\)"
+    ):
+        TeacherCache.open(path, tail="spread")
+    dense = write_cache(tmp_path / "d", logits, kind="dense", fingerprint="f", teacher_sha256="h")
+    got = TeacherCache.open(dense, tail="bucket").lookup(torch.tensor([0]))
+    assert isinstance(got, torch.Tensor) and got.shape == (1, NUM_CLASSES)  # dense ignores it

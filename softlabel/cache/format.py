@@ -3,11 +3,14 @@
 A cache is a directory::
 
     manifest.json          written last; its presence marks a complete cache
-    logits.npy             dense: (N, K) float16|float32 teacher logits
-    topk_index.npy         top-k: (N, k) int16|int32 class indices, most probable first
-    topk_logprob.npy       top-k: (N, k) float16|float32 log-probabilities at T = 1
+    logits.npy             dense: (N, *row_shape, K) float16|float32 teacher logits
+    topk_index.npy         top-k: (N, *row_shape, k) int16|int32 class ids, most probable first
+    topk_logprob.npy       top-k: (N, *row_shape, k) float16|float32 log-probabilities at T = 1
+    topk_tail.npy          top-k: (N, *row_shape) float16|float32 log of the remaining mass
 
-Row ``i`` of every array holds the teacher's output for dataset index ``i``.
+Row ``i`` of every array holds the teacher's output for dataset index ``i``: one position
+(``row_shape = []``, e.g. an image) or several (``row_shape = [L]``, a block of L tokens).
+Version 2 (still read) had no ``row_shape`` and no ``topk_tail.npy``.
 
 The manifest records, per array file, its size, the SHA-256 of its ``.npy`` header and
 the SHA-256 of each block of ``block_rows`` rows (about :data:`BLOCK_BYTES` each), and a
@@ -27,11 +30,14 @@ from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: versions this release reads: 2 (no row_shape, no stored tail: derived on read) and 3
+READABLE_VERSIONS = (2, 3)
 MANIFEST_NAME = "manifest.json"
 DENSE_LOGITS = "logits.npy"
 TOPK_INDEX = "topk_index.npy"
 TOPK_LOGPROB = "topk_logprob.npy"
+TOPK_TAIL = "topk_tail.npy"
 KINDS = ("dense", "topk")
 VALUE_DTYPES = ("float16", "float32")
 #: target size of a hashed block of rows: large enough that the hashes stay a small list,
@@ -52,7 +58,10 @@ _FILE_FIELDS = {
 class Manifest:
     """What a cache holds and what it was computed from.
 
-    ``k`` and ``index_dtype`` are ``None`` for a dense cache. ``fingerprint`` identifies the
+    ``k`` and ``index_dtype`` are ``None`` for a dense cache. ``row_shape`` is the shape of
+    the positions of one dataset item (``[]``: one position; ``[L]``: L tokens);
+    ``bytes_per_token`` the bytes stored per position (derived from the layout: K values for
+    dense; k ids, k log-probabilities and one tail value for top-k). ``fingerprint`` identifies the
     dataset (its arrays); ``inputs_fingerprint`` (``None`` if unknown) also covers the input
     preprocessing (normalisation statistics of the train split) the teacher saw.
     ``cache_id`` is drawn at random when the cache is committed (a rewrite with the same
@@ -73,6 +82,8 @@ class Manifest:
     created: str = ""
     cache_id: str = ""
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    row_shape: list[int] = field(default_factory=list)
+    bytes_per_token: int = 0
     version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -82,14 +93,45 @@ class Manifest:
                 f"index_dtype={self.index_dtype!r} is not allowed for a top-k cache; "
                 "use 'int16' or 'int32'"
             )
+        object.__setattr__(self, "row_shape", check_row_shape(self.row_shape))
+        if self.version < 3 and self.row_shape:
+            raise ValueError(
+                f"row_shape={self.row_shape} needs format version 3, the manifest says "
+                f"version={self.version}"
+            )
+        expected = self._bytes_per_token()
+        if self.bytes_per_token == 0:
+            object.__setattr__(self, "bytes_per_token", expected)
+        elif self.bytes_per_token != expected:
+            raise ValueError(
+                f"bytes_per_token={self.bytes_per_token!r} does not match the layout "
+                f"(kind={self.kind!r}, k={self.k}, dtype={self.dtype!r}): expected {expected}"
+            )
+
+    @property
+    def has_tail(self) -> bool:
+        """Whether a top-k cache stores its tail (``topk_tail.npy``, from version 3)."""
+        return self.kind == "topk" and self.version >= 3
+
+    def _bytes_per_token(self) -> int:
+        value = np.dtype(self.dtype).itemsize
+        if self.kind == "dense":
+            return self.num_classes * value
+        assert self.k is not None and self.index_dtype is not None
+        tail = value if self.version >= 3 else 0
+        return self.k * (np.dtype(self.index_dtype).itemsize + value) + tail
 
     def array_specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """File name -> (shape, dtype) of every array this cache must hold."""
+        rows = (self.num_samples, *self.row_shape)
         if self.kind == "dense":
-            return {DENSE_LOGITS: ((self.num_samples, self.num_classes), self.dtype)}
+            return {DENSE_LOGITS: ((*rows, self.num_classes), self.dtype)}
         assert self.k is not None and self.index_dtype is not None
-        shape = (self.num_samples, self.k)
-        return {TOPK_INDEX: (shape, self.index_dtype), TOPK_LOGPROB: (shape, self.dtype)}
+        shape = (*rows, self.k)
+        specs = {TOPK_INDEX: (shape, self.index_dtype), TOPK_LOGPROB: (shape, self.dtype)}
+        if self.has_tail:
+            specs[TOPK_TAIL] = (rows, self.dtype)
+        return specs
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -102,12 +144,13 @@ class Manifest:
             raise ValueError(
                 f"teacher cache {source} has format version 1, which records no content "
                 f"hashes, so its arrays cannot be checked against silent corruption; rebuild "
-                f"it with softlabel-cache (this release reads version={FORMAT_VERSION})"
+                f"it with softlabel-cache (this release reads versions {READABLE_VERSIONS})"
             )
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
             raise ValueError(
                 f"teacher cache {source}: version mismatch: the cache has version={version!r}, "
-                f"expected version={FORMAT_VERSION}; rebuild it with softlabel-cache"
+                f"expected version={FORMAT_VERSION} (this release also reads version 2); "
+                "rebuild it with softlabel-cache"
             )
         required = (
             "kind",
@@ -126,7 +169,10 @@ class Manifest:
                 f"teacher cache {source}: corrupt manifest: missing fields {missing}, "
                 f"unknown fields {unknown}"
             )
-        manifest = cls(**data)
+        try:
+            manifest = cls(**data)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"teacher cache {source}: corrupt manifest: {err}") from err
         manifest.check_files(source=source)
         return manifest
 
@@ -163,6 +209,18 @@ class Manifest:
                 f"teacher cache {source}: corrupt manifest: {'; '.join(problems)}; rebuild it "
                 "with softlabel-cache"
             )
+
+
+def check_row_shape(row_shape: Any) -> list[int]:
+    """``row_shape`` as a list of positive ints (``[]`` for one position per item)."""
+    if isinstance(row_shape, (list, tuple)) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in row_shape
+    ):
+        return [int(n) for n in row_shape]
+    raise ValueError(
+        f"row_shape={row_shape!r} must be a list of positive integers: [] for one position "
+        "per dataset item (an image), [L] for a block of L tokens"
+    )
 
 
 def index_dtype_for(num_classes: int) -> str:

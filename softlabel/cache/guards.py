@@ -48,12 +48,14 @@ def open_for_datamodule(
     teacher_sha256: str | None = None,
     allow_augmentation: bool = False,
     verify: str = "lazy",
+    tail: str = "bucket",
 ) -> TeacherCache:
     """Open the cache at ``path`` for training on ``datamodule``.
 
     Checks the data's ``fingerprint``, ``num_classes`` and :func:`inputs_fingerprint` (and
     ``teacher_sha256`` when given) against the manifest, and refuses random augmentation
-    unless ``allow_augmentation``. ``verify`` is passed on to :meth:`TeacherCache.open`.
+    unless ``allow_augmentation``. ``verify`` and ``tail`` (what a top-k lookup returns:
+    ``"bucket"`` or ``"uniform"``) are passed on to :meth:`TeacherCache.open`.
     """
     check_augmentation(
         bool(getattr(datamodule, "has_random_augmentation", False)),
@@ -66,4 +68,5 @@ def open_for_datamodule(
         teacher_sha256=teacher_sha256,
         inputs_fingerprint=inputs_fingerprint(datamodule),
         verify=verify,
+        tail=tail,
     )

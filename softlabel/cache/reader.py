@@ -9,10 +9,15 @@ time a lookup in this process touches it and compares it with the manifest; ``"f
 hashes every block when the arrays are mapped; ``"none"`` skips the block hashes. In
 every mode the headers, file sizes and the manifest's ``cache_id`` are checked, and each
 lookup notices a cache replaced on disk since it was opened.
+
+What a top-k lookup returns (``tail``): ``"bucket"`` (default) the stored reference as a
+``TopKLogits`` (ids, log-probabilities, log tail mass) for ``topk_distillation_loss``;
+``"uniform"`` dense logits with the tail mass spread uniformly over the other classes.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -25,45 +30,68 @@ from softlabel.cache.format import (
     MANIFEST_NAME,
     TOPK_INDEX,
     TOPK_LOGPROB,
+    TOPK_TAIL,
     VERIFY_MODES,
     Manifest,
     check_array_file,
     read_manifest,
     verify_block,
 )
+from softlabel.functional.topk import TopKLogits
 
 #: floor of the per-class leftover probability, so reconstructed logits stay finite
 LEFTOVER_FLOOR = torch.finfo(torch.float32).tiny
+#: what a top-k lookup returns: the k + 1 buckets, or dense logits with a uniform tail
+TAIL_MODES = ("bucket", "uniform")
+
+
+def derived_tail(top_logprob: torch.Tensor) -> torch.Tensor:
+    """``log(max(0, 1 - sum exp(top_logprob)))`` (...), in float64 then float32: the tail of
+    a version-2 cache, which did not store it (``-inf`` where the rounded sum reaches 1)."""
+    leftover = (1.0 - top_logprob.double().exp().sum(dim=-1)).clamp_min(0.0)
+    return leftover.log().float()
 
 
 def reconstruct_topk_logits(
-    top_index: torch.Tensor, top_logprob: torch.Tensor, num_classes: int
+    top_index: torch.Tensor,
+    top_logprob: torch.Tensor,
+    num_classes: int,
+    tail: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Log of the distribution rebuilt from the top-k log-probabilities (B, k) at T = 1.
+    """Log of the distribution rebuilt from the top-k log-probabilities (..., k) at T = 1.
 
     ``p_c = exp(top_logprob)`` for the k kept classes; every other class gets
-    ``r = max(0, 1 - sum_kept p) / (K - k)`` (floored at ``LEFTOVER_FLOOR``). Returns
-    ``log p`` (B, K), so that ``softmax(log p / T)`` is the reconstruction softened at T.
+    ``r = R / (K - k)`` with ``R = exp(tail)`` the stored tail mass, or without ``tail``
+    ``R = max(0, 1 - sum_kept p)`` (``r`` floored at ``LEFTOVER_FLOOR``). Returns ``log p``
+    (..., K), so that ``softmax(log p / T)`` is the reconstruction softened at T. At T > 1 its
+    tail is an upper bound of the teacher's (see ``topk_distillation_loss``).
     """
     k = top_index.shape[-1]
     if not 1 <= k < num_classes:
         raise ValueError(f"k={k} must be in [1, num_classes - 1] with num_classes={num_classes}")
     top_logprob = top_logprob.float()
-    leftover = (1.0 - top_logprob.exp().sum(dim=-1, keepdim=True)).clamp_min(0.0)
-    fill = (leftover / (num_classes - k)).clamp_min(LEFTOVER_FLOOR).log()
-    logits = fill.expand(top_index.shape[0], num_classes).clone()
-    return logits.scatter_(1, top_index.long(), top_logprob)
+    if tail is None:
+        tail = derived_tail(top_logprob)
+    fill = (tail.float() - math.log(num_classes - k)).clamp_min(math.log(LEFTOVER_FLOOR))
+    logits = fill.unsqueeze(-1).expand(*top_index.shape[:-1], num_classes).clone()
+    return logits.scatter_(-1, top_index.long(), top_logprob)
 
 
 class TeacherCache:
     """A validated, lazily memory-mapped teacher cache. Build it with :meth:`open`."""
 
     def __init__(
-        self, path: str | os.PathLike[str], manifest: Manifest, *, verify: str = "lazy"
+        self,
+        path: str | os.PathLike[str],
+        manifest: Manifest,
+        *,
+        verify: str = "lazy",
+        tail: str = "bucket",
     ) -> None:
         self.path = Path(path).absolute()
         self.manifest = manifest
         self.verify_mode = check_verify(verify)
+        self.tail = check_tail(tail)
         self._reset()
 
     def _reset(self) -> None:
@@ -82,6 +110,7 @@ class TeacherCache:
         teacher_sha256: str | None = None,
         inputs_fingerprint: str | None = None,
         verify: str = "lazy",
+        tail: str = "bucket",
     ) -> TeacherCache:
         """Open the cache at ``path``, refusing it unless it matches every given expectation.
 
@@ -89,9 +118,12 @@ class TeacherCache:
         another format version, or a field that differs from the expected value).
         ``inputs_fingerprint`` is only compared when the cache recorded one. ``verify``
         (``"lazy"``, ``"full"`` or ``"none"``) says when the rows' content hashes are
-        checked: on first read of each block, all of them now, or never.
+        checked: on first read of each block, all of them now, or never. ``tail`` says what
+        a top-k lookup returns: ``"bucket"`` a ``TopKLogits``, ``"uniform"`` dense logits
+        (:func:`reconstruct_topk_logits`); a dense cache ignores it.
         """
         verify = check_verify(verify)
+        tail = check_tail(tail)
         manifest = read_manifest(Path(path))
         expected = {
             "fingerprint": fingerprint,
@@ -109,7 +141,7 @@ class TeacherCache:
                     f"{name}={have!r}, expected {name}={want!r}; rebuild it with softlabel-cache "
                     "for this dataset and teacher"
                 )
-        cache = cls(path, manifest, verify=verify)
+        cache = cls(path, manifest, verify=verify, tail=tail)
         if verify == "full":
             cache.verify()
         return cache
@@ -140,6 +172,17 @@ class TeacherCache:
         return self.manifest.teacher_sha256
 
     @property
+    def row_shape(self) -> tuple[int, ...]:
+        """Shape of one dataset item's positions: ``()`` or ``(L,)``."""
+        return tuple(self.manifest.row_shape)
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes stored per position (token): K values (dense), or k ids + k log-probabilities
+        + 1 tail value (top-k)."""
+        return self.manifest.bytes_per_token
+
+    @property
     def nbytes(self) -> int:
         """Bytes on disk of the arrays (headers included) and the manifest."""
         return sum(entry.stat().st_size for entry in self.path.iterdir() if entry.is_file())
@@ -148,17 +191,22 @@ class TeacherCache:
         return self.manifest.num_samples
 
     def __repr__(self) -> str:
-        k = f", k={self.k}" if self.k is not None else ""
+        k = f", k={self.k}, tail={self.tail!r}" if self.k is not None else ""
+        rows = f", row_shape={list(self.row_shape)}" if self.row_shape else ""
         return (
             f"TeacherCache({str(self.path)!r}, kind={self.kind!r}{k}, "
-            f"num_samples={self.num_samples}, num_classes={self.num_classes})"
+            f"num_samples={self.num_samples}{rows}, num_classes={self.num_classes}, "
+            f"bytes_per_token={self.bytes_per_token}, version={self.manifest.version})"
         )
 
     # --- lookups ----------------------------------------------------------------------------
-    def lookup(self, index: torch.Tensor) -> torch.Tensor:
-        """Teacher logits (B, K) float32 of the dataset items ``index`` (B,), on ``index``'s device.
+    def lookup(self, index: torch.Tensor) -> torch.Tensor | TopKLogits:
+        """The teacher's output for the dataset items ``index`` (B,), on ``index``'s device.
 
-        Dense: the stored logits. Top-k: :func:`reconstruct_topk_logits` of the stored rows.
+        Dense: the stored logits (B, *row_shape, K) float32. Top-k with ``tail="bucket"``:
+        ``TopKLogits`` of ids (B, *row_shape, k) int64, log-probabilities (B, *row_shape, k)
+        and log tail mass (B, *row_shape) float32 (a version-2 cache's tail is
+        :func:`derived_tail`); with ``tail="uniform"``: :func:`reconstruct_topk_logits`.
         """
         index = torch.as_tensor(index)
         rows = self._checked_rows(index)
@@ -171,7 +219,13 @@ class TeacherCache:
         else:
             top_index = torch.from_numpy(arrays[TOPK_INDEX][rows].astype(np.int64))
             top_logprob = torch.from_numpy(arrays[TOPK_LOGPROB][rows]).float()
-            logits = reconstruct_topk_logits(top_index, top_logprob, self.num_classes)
+            if TOPK_TAIL in arrays:
+                tail = torch.from_numpy(arrays[TOPK_TAIL][rows]).float()
+            else:
+                tail = derived_tail(top_logprob)
+            if self.tail == "bucket":
+                return TopKLogits(top_index, top_logprob, tail).to(index.device)
+            logits = reconstruct_topk_logits(top_index, top_logprob, self.num_classes, tail)
         return logits.to(index.device)
 
     def _checked_rows(self, index: torch.Tensor) -> np.ndarray:
@@ -264,11 +318,27 @@ class TeacherCache:
             )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "manifest": self.manifest, "verify_mode": self.verify_mode}
+        return {
+            "path": self.path,
+            "manifest": self.manifest,
+            "verify_mode": self.verify_mode,
+            "tail": self.tail,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._reset()
+
+
+def check_tail(tail: Any) -> str:
+    """``tail`` if it is one of :data:`TAIL_MODES`, else ValueError naming the choices."""
+    if tail not in TAIL_MODES:
+        raise ValueError(
+            f"tail={tail!r} is not allowed; use one of {TAIL_MODES} (bucket: the k kept ids "
+            "plus one tail bucket, exact at T = 1, never over-softened; uniform: dense logits "
+            "with the tail spread uniformly, which over-softens the tail at T > 1)"
+        )
+    return str(tail)
 
 
 def check_verify(verify: Any) -> str:

@@ -30,25 +30,28 @@ from softlabel.cache.format import (
     MANIFEST_NAME,
     TOPK_INDEX,
     TOPK_LOGPROB,
+    TOPK_TAIL,
     Manifest,
     block_rows_for,
+    check_row_shape,
     describe_array_file,
     index_dtype_for,
     validate_layout,
 )
+from softlabel.functional.topk import TopKLogits
 
-CACHE_FILES = frozenset({MANIFEST_NAME, DENSE_LOGITS, TOPK_INDEX, TOPK_LOGPROB})
+CACHE_FILES = frozenset({MANIFEST_NAME, DENSE_LOGITS, TOPK_INDEX, TOPK_LOGPROB, TOPK_TAIL})
 
 
 def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k classes and their log-probabilities at T = 1.
 
     ``logp = log_softmax(logits)`` over all K classes; returns ``(index, logp[index])``,
-    each ``(B, k)``, most probable class first.
+    each ``(..., k)``, most probable class first. The tail mass too:
+    ``TopKLogits.from_logits(logits, k)``.
     """
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    values, index = logp.topk(k, dim=-1, largest=True, sorted=True)
-    return index, values
+    index, logprob, _ = TopKLogits.from_logits(logits.float(), k)
+    return index, logprob
 
 
 class CacheWriter:
@@ -56,6 +59,8 @@ class CacheWriter:
 
     Use as a context manager: leaving the block by an exception removes the temporary
     directory; :meth:`commit` must be called explicitly once every row is written.
+    ``row_shape`` is the shape of one item's positions: ``()`` (default) stores (B, K)
+    logits per write, ``(L,)`` stores (B, L, K) (a block of L tokens per dataset index).
     """
 
     def __init__(
@@ -73,8 +78,10 @@ class CacheWriter:
         inputs_fingerprint: str | None = None,
         overwrite: bool = False,
         block_bytes: int = BLOCK_BYTES,
+        row_shape: tuple[int, ...] | list[int] = (),
     ) -> None:
         validate_layout(kind, num_samples, num_classes, k, dtype)
+        row_shape = check_row_shape(row_shape)
         block_rows_for((num_samples, num_classes), dtype, block_bytes)  # validates block_bytes
         self.block_bytes = block_bytes
         self.path = Path(path).absolute()
@@ -91,6 +98,7 @@ class CacheWriter:
             index_dtype=index_dtype_for(num_classes) if kind == "topk" else None,
             teacher_config=dict(teacher_config or {}),
             inputs_fingerprint=inputs_fingerprint,
+            row_shape=row_shape,
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp_dir = _make_temporary_dir(self.path)
@@ -124,7 +132,12 @@ class CacheWriter:
         return int(self._written.sum())
 
     def write(self, index: torch.Tensor, logits: torch.Tensor) -> None:
-        """Store the teacher ``logits`` (B, K) of the dataset items ``index`` (B,)."""
+        """Store the teacher ``logits`` (B, *row_shape, K) of the dataset items ``index`` (B,).
+
+        Top-k: ``TopKLogits.from_logits(logits, k)``, i.e. the k most probable ids, their
+        log-probabilities and the exact log tail mass (a log-sum-exp over the other ids of
+        the full log-softmax), computed in float32.
+        """
         if self._done:
             raise ValueError(f"teacher cache {str(self.path)!r} is already committed or aborted")
         index, logits = self._checked_batch(index, logits)
@@ -140,9 +153,17 @@ class CacheWriter:
             self._arrays[DENSE_LOGITS][rows] = values
         else:
             assert self.manifest.k is not None
-            top_index, top_logp = topk_logprobs(logits, self.manifest.k)
-            self._arrays[TOPK_INDEX][rows] = top_index.numpy().astype(self.manifest.index_dtype)
-            self._arrays[TOPK_LOGPROB][rows] = top_logp.numpy().astype(self.manifest.dtype)
+            top = TopKLogits.from_logits(logits.float(), self.manifest.k)
+            logprob, tail = top.logprob.numpy(), top.tail.numpy()
+            lowest = min(float(logprob.min(initial=0.0)), float(tail.min(initial=0.0)))
+            if lowest < -float(np.finfo(self.manifest.dtype).max):
+                raise ValueError(
+                    f"teacher log-probabilities down to {lowest:.4g} do not fit dtype="
+                    f"{self.manifest.dtype!r}; use dtype=float32"
+                )
+            self._arrays[TOPK_INDEX][rows] = top.index.numpy().astype(self.manifest.index_dtype)
+            self._arrays[TOPK_LOGPROB][rows] = logprob.astype(self.manifest.dtype)
+            self._arrays[TOPK_TAIL][rows] = tail.astype(self.manifest.dtype)
         self._written[rows] = True
 
     def commit(self) -> Path:
@@ -219,15 +240,17 @@ class CacheWriter:
         index = torch.as_tensor(index).detach().cpu()
         logits = torch.as_tensor(logits).detach().cpu()
         num_samples, num_classes = self.manifest.num_samples, self.manifest.num_classes
+        row_shape = tuple(self.manifest.row_shape)
         if index.ndim != 1 or index.dtype.is_floating_point or index.dtype == torch.bool:
             raise ValueError(
                 f"index must be a 1-D integer tensor, got shape={tuple(index.shape)} "
                 f"dtype={index.dtype}"
             )
-        if logits.shape != (index.numel(), num_classes):
+        expected = (index.numel(), *row_shape, num_classes)
+        if tuple(logits.shape) != expected:
             raise ValueError(
-                f"logits shape={tuple(logits.shape)} must be (len(index), num_classes) = "
-                f"({index.numel()}, {num_classes})"
+                f"logits shape={tuple(logits.shape)} must be (len(index), *row_shape, "
+                f"num_classes) = {expected} (row_shape={list(row_shape)})"
             )
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_samples):
             raise ValueError(
@@ -253,16 +276,19 @@ def write_cache(
     overwrite: bool = False,
     block_bytes: int = BLOCK_BYTES,
 ) -> Path:
-    """Write the teacher ``logits`` (N, K) of a whole dataset (row i = dataset index i)."""
-    if logits.ndim != 2:
+    """Write the teacher ``logits`` (N, *row_shape, K) of a whole dataset (row i = dataset
+    index i): (N, K) for one position per item, (N, L, K) for blocks of L tokens."""
+    if logits.ndim < 2:
         raise ValueError(
-            f"logits must be (num_samples, num_classes), got shape={tuple(logits.shape)}"
+            f"logits must be (num_samples, *row_shape, num_classes), got shape="
+            f"{tuple(logits.shape)}"
         )
     with CacheWriter(
         path,
         kind=kind,
         num_samples=logits.shape[0],
-        num_classes=logits.shape[1],
+        num_classes=logits.shape[-1],
+        row_shape=tuple(logits.shape[1:-1]),
         fingerprint=fingerprint,
         teacher_sha256=teacher_sha256,
         k=k,

@@ -139,6 +139,7 @@ def build_reference_provider(
             datamodule,
             allow_augmentation=bool(teacher.get("allow_augmentation", False)),
             verify=teacher.get("verify", "lazy"),
+            tail=teacher.get("tail", "bucket"),
         )
         return CachedTeacher(cache), {
             "teacher_cache": cache_dir,

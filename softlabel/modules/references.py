@@ -13,6 +13,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from softlabel.functional.topk import TopKLogits
+
 __all__ = [
     "CachedTeacher",
     "FrozenModelProvider",
@@ -139,12 +141,20 @@ class IndexedLookup(ReferenceProvider):
 
 
 class CachedTeacher(IndexedLookup):
-    """Teacher logits read from an offline cache: ``cache.lookup(index) -> (B, K)``."""
+    """Teacher logits read from an offline cache: ``cache.lookup(index) -> (B, K)``, or a
+    top-k ``TopKLogits`` (a top-k cache opened with ``tail="bucket"``), moved to the batch's
+    device as it is (the ids stay int64, the values float32)."""
 
     kind = "teacher_logits"
 
     def __init__(self, cache: _IndexLookup) -> None:
         super().__init__(cache)
+
+    def forward(self, x: Tensor, index: Tensor) -> Tensor:
+        values = self.table.lookup(index.detach().to("cpu", torch.long))
+        if isinstance(values, TopKLogits):
+            return values.to(device=x.device, dtype=torch.float32)  # type: ignore[return-value]
+        return torch.as_tensor(values).to(device=x.device, dtype=torch.float32)
 
     @property
     def cache(self) -> _IndexLookup:
