@@ -5,7 +5,10 @@ per-class ``weight`` (sample i's loss times ``weight[y_i]``; ``mean`` divides by
 Half-precision inputs are computed (and returned) in float32.
 """
 
-from softlabel.functional.adaptive_smoothing import margin_smoothing_loss
+from softlabel.functional.adaptive_smoothing import (
+    confidence_smoothing_loss,
+    margin_smoothing_loss,
+)
 from softlabel.functional.cross_entropy import cross_entropy_loss
 from softlabel.functional.decoupled import decoupled_distillation_loss
 from softlabel.functional.dist import dist_loss
@@ -34,6 +37,7 @@ __all__ = [
     "self_correction_loss",
     "virtual_teacher_loss",
     "margin_smoothing_loss",
+    "confidence_smoothing_loss",
     "dist_loss",
     "linear_cross_entropy_loss",
     "linear_label_smoothing_loss",

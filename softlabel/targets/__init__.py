@@ -3,7 +3,7 @@
 
 from softlabel.functional.topk import TopKLogits
 from softlabel.targets._base import TargetSource
-from softlabel.targets.adaptive_smoothing import MarginSmoothing
+from softlabel.targets.adaptive_smoothing import ConfidenceSmoothing, MarginSmoothing
 from softlabel.targets.decoupled import DecoupledTeacher
 from softlabel.targets.dist import DIST
 from softlabel.targets.hard import Hard
@@ -27,5 +27,6 @@ __all__ = [
     "OnlineLabelSmoothing",
     "VirtualTeacher",
     "MarginSmoothing",
+    "ConfidenceSmoothing",
     "DIST",
 ]

@@ -1,4 +1,5 @@
-"""Adaptive label smoothing: margin-based label smoothing (MbLS; Liu et al., CVPR 2022)."""
+"""Adaptive label smoothing: margin-based (MbLS; Liu et al., CVPR 2022) and confidence-adaptive
+eps per position (AdaLabel; Wang et al., ACL 2021)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from typing import Any
 from torch import Tensor
 
 from softlabel.functional.adaptive_smoothing import (
+    check_confidence_margin,
     check_margin,
     check_penalty,
+    check_power,
+    confidence_smoothing_loss,
     margin_smoothing_loss,
 )
 from softlabel.targets._base import HyperParameter, TargetSource, hyper_parameter
@@ -35,3 +39,29 @@ class MarginSmoothing(TargetSource):
         if options.pop("binary", None):
             raise ValueError("MarginSmoothing needs multiclass logits (..., K), got binary=True")
         return margin_smoothing_loss(logits, target, self.margin, self.penalty, **options)
+
+
+class ConfidenceSmoothing(TargetSource):
+    """``loss = (1 - eps_i) * CE(s, y) + eps_i * H(v, p)``, eps per position from the model.
+
+    ``eps_i = (p_y / p_max) ** power * min(1 - p_max, (K - 1) / K - margin)`` from the detached
+    prediction, ``v`` uniform over the other classes: AdaLabel's adaptive eps (Wang et al.,
+    "Diversifying Dialog Generation via Adaptive Label Smoothing", ACL 2021) with a uniform
+    smoothing distribution. Needs no reference. See ``confidence_smoothing_loss``.
+    """
+
+    name = "ls_confidence"
+    reference = None
+    checks = {"margin": check_confidence_margin, "power": check_power}
+    margin = hyper_parameter()
+    power = hyper_parameter()
+
+    def __init__(self, margin: HyperParameter = 0.2, power: HyperParameter = 2.0) -> None:
+        super().__init__(margin=margin, power=power)
+
+    def _loss(self, logits: Tensor, target: Tensor, reference: None, **options: Any) -> Tensor:
+        if options.pop("binary", None):
+            raise ValueError(
+                "ConfidenceSmoothing needs multiclass logits (..., K), got binary=True"
+            )
+        return confidence_smoothing_loss(logits, target, self.margin, self.power, **options)
