@@ -86,15 +86,40 @@ def _forward(model_cfg, shape=(3, 16, 16)):
     assert out.shape == (2, 10)
 
 
-@pytest.mark.parametrize("option", _options("student"))
+#: Model options for data=text (causal language models), composed with that data.
+LM_OPTIONS = ("hf_causal_lm",)
+
+
+@pytest.mark.parametrize("option", [o for o in _options("student") if o not in LM_OPTIONS])
 def test_student_configs(option):
     _forward(_compose(f"student={option}").student)
+
+
+@pytest.mark.parametrize("option", LM_OPTIONS)
+def test_language_model_configs(option, tmp_path):
+    pytest.importorskip("transformers")
+    from softlabel.modules.lm_build import build_lm_model
+
+    for i in range(20):
+        (tmp_path / f"doc{i}.txt").write_text(f"a few words, number {i} " * 5)
+    cfg = _compose(
+        "data=text", f"data.files={tmp_path}/*.txt", "data.block_size=16", f"student={option}"
+    )
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    student = build_lm_model(cfg.student, datamodule)
+    assert student.vocab_size == datamodule.vocab_size == 258
+    assert student.eval()(torch.zeros(2, 16, dtype=torch.long)).shape == (2, 16, 258)
+    teacher_cfg = _compose("data=text", f"teacher={option}", "teacher.checkpoint=x.ckpt").teacher
+    assert teacher_cfg.kind == "live" and teacher_cfg.model.config.n_positions == 128
+    teacher = build_lm_model(teacher_cfg.model, datamodule)
+    assert teacher.vocab_size == 258 and teacher.linear_head
 
 
 @pytest.mark.parametrize("group", ["teacher", "previous"])
 def test_teacher_and_previous_configs(group):
     for option in _options(group):
-        if option in ("none", "cached"):
+        if option in ("none", "cached", *LM_OPTIONS):
             continue
         cfg = _compose(f"{group}={option}", f"{group}.checkpoint=x.ckpt")
         assert cfg[group].checkpoint == "x.ckpt"
@@ -126,7 +151,7 @@ def test_scheduler_configs(option):
         assert factory is None
         return
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
-    scheduler = factory(optimizer, T_max=10)
+    scheduler = factory(optimizer) if option == "multistep" else factory(optimizer, T_max=10)
     assert scheduler.get_last_lr() == [1.0]
 
 
@@ -135,6 +160,13 @@ def test_trainer_configs(option, tmp_path):
     import lightning as L
 
     cfg = _compose(f"trainer={option}")
+    if option == "fsdp":  # Lightning's FSDP needs GPUs: the strategy alone is built here
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        assert isinstance(instantiate(cfg.trainer.strategy), FSDPStrategy)
+        assert cfg.trainer.precision == "bf16-mixed"
+        if not torch.cuda.is_available():
+            return
     trainer = instantiate(cfg.trainer, accelerator="cpu", logger=False, default_root_dir=tmp_path)
     assert isinstance(trainer, L.Trainer) and trainer.max_epochs == cfg.trainer.max_epochs
 
@@ -166,7 +198,8 @@ def test_experiment_configs(option):
         else _compose(f"experiment={option}")
     )
     OmegaConf.resolve(cfg)
-    assert instantiate(cfg.target).name in ("hard", "ls", "ls_prior", "kd", "reloop")
+    names = ("hard", "ls", "ls_prior", "kd", "reloop", "dkd", "kd_std")
+    assert instantiate(cfg.target).name in names
 
 
 @pytest.mark.parametrize("teacher", _options("teacher"))
@@ -177,7 +210,7 @@ def test_teacher_free_and_dist_targets_compose_with_every_teacher(teacher, tmp_p
 
     given = {"none": [], "cached": [f"teacher.cache={tmp_path}"]}
     extra = given.get(teacher, ["teacher.checkpoint=x.ckpt"])
-    for target in ("dist", "ols", "tf_kd", "ls_adaptive"):
+    for target in ("dist", "ols", "tf_kd", "ls_adaptive", "ls_confidence"):
         cfg = _compose(f"target={target}", f"teacher={teacher}", *extra)
         source = instantiate(cfg.target)
         if target != "dist":
@@ -226,3 +259,49 @@ def test_dkd_warmup_schedule_from_the_command_line():
     assert source.beta == pytest.approx(0.4)  # 8 * 1/20 in the first of 40 epochs
     source.set_progress(19.5 / 40)  # epoch 20
     assert source.beta == pytest.approx(8.0)
+
+
+@pytest.mark.parametrize(
+    "option", ["cifar100_teacher", "cifar100_kd", "cifar100_dkd", "cifar100_kd_std"]
+)
+def test_cifar100_experiments_follow_mdistillers_schedule(option):
+    """SGD lr 0.05, momentum 0.9, wd 5e-4, batch 64, 240 epochs, lr x0.1 at epochs 150, 180,
+    210 (kd_std: lr and wd scaled for its loss / 10, see its config); composition only."""
+    from softlabel.modules.build import scheduler_parts
+
+    extra = [] if option == "cifar100_teacher" else ["teacher.checkpoint=x.ckpt"]
+    cfg = _compose(f"experiment={option}", *extra)
+    OmegaConf.resolve(cfg)
+    assert cfg.trainer.max_epochs == 240 and cfg.data.batch_size == 64
+    assert cfg.data.source._target_ == "softlabel.data.cifar100"
+    student = "resnet32x4" if option == "cifar100_teacher" else "resnet8x4"
+    assert cfg.student._target_ == f"softlabel.models.{student}"
+    if option != "cifar100_teacher":
+        assert cfg.teacher.model._target_ == "softlabel.models.resnet32x4"
+    scale = 10.0 if option == "cifar100_kd_std" else 1.0
+    optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2))])
+    group = optimizer.param_groups[0]
+    assert group["momentum"] == 0.9 and not group["nesterov"]
+    assert group["weight_decay"] == pytest.approx(5e-4 / scale)
+    factory, interval = scheduler_parts(cfg)
+    scheduler = factory(optimizer)
+    assert interval == "epoch"
+    lrs = []
+    for _ in range(240):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    for epoch, lr in ((0, 0.05), (149, 0.05), (150, 5e-3), (180, 5e-4), (210, 5e-5), (239, 5e-5)):
+        assert lrs[epoch] == pytest.approx(lr * scale), epoch
+    source = instantiate(cfg.target)
+    if option == "cifar100_dkd":
+        for epoch in (1, 10, 20, 21, 240):  # mdistiller's warm-up, epochs counted from 1
+            source.set_progress((epoch - 1) / 240)
+            factor = min(epoch / 20, 1.0)
+            assert source.alpha == pytest.approx(factor) and source.beta == pytest.approx(
+                8 * factor
+            )
+        assert source.temperature == 4.0 and source.ce_weight == 1.0
+    elif option != "cifar100_teacher":
+        assert source.alpha == 0.9 and source.standardize == (option == "cifar100_kd_std")
+        assert source.temperature == (2.0 if option == "cifar100_kd_std" else 4.0)
