@@ -435,7 +435,8 @@ def _train(
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     datamodule = build_datamodule(cfg)
-    _check_splits(cfg, datamodule)
+    if datamodule.task != LM_TASK:  # a text split is checked by its datamodule (in blocks)
+        _check_splits(cfg, datamodule)
     loss = build_loss(cfg, datamodule)
     source = loss.source
     optimizer = instantiate(cfg.optimizer, _partial_=True)
@@ -513,7 +514,8 @@ def _train(
 
         # the module holds the val-selected weights here (see below), else the final ones
         hf_dir = os.path.join(output_dir, HF_MODEL_DIR)
-        if save_hf_model(student, getattr(datamodule, "tokenizer", None), hf_dir):
+        tokenizer = getattr(datamodule, "text_tokenizer", None)  # byte-level or Hugging Face
+        if save_hf_model(student, tokenizer, hf_dir):
             record["hf_model"] = {"dir": HF_MODEL_DIR, "weights": "best" if best else "last"}
     if trainer.is_global_zero:
         if save_predictions:

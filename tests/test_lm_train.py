@@ -1,0 +1,188 @@
+"""``softlabel-train data=text student=hf_causal_lm``: end to end on tiny text files, with
+every kind of reference (live teacher from a checkpoint or a Hugging Face directory, a
+padded-superset teacher, ReLoop against a previous version), and the refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from train_configs import compose_train  # noqa: E402
+
+from softlabel.train import train  # noqa: E402
+
+TINY = "{model_type:gpt2,n_layer:1,n_embd:16,n_head:2,n_positions:32}"
+WORDS = "the quick brown fox jumps over the lazy dog while a cat sleeps in the sun".split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """40 small .txt documents (byte-level tokenizer)."""
+    root = tmp_path_factory.mktemp("corpus")
+    gen = torch.Generator().manual_seed(0)
+    for i in range(40):
+        picks = torch.randint(0, len(WORDS), (30,), generator=gen).tolist()
+        (root / f"doc{i:02d}.txt").write_text(" ".join(WORDS[j] for j in picks) + ".\n")
+    return root
+
+
+def lm_args(corpus, run_dir, *extra):
+    return [
+        "data=text",
+        f"data.files={corpus}/*.txt",
+        "data.block_size=32",
+        "data.batch_size=4",
+        "data.val_fraction=0.1",
+        "data.test_fraction=0.1",
+        "student=hf_causal_lm",
+        f"student.config={TINY}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_model_summary=false",
+        "callbacks.progress_bar.refresh_rate=0",
+        *extra,
+    ]
+
+
+def run(corpus, run_dir, *extra):
+    cfg = compose_train(*lm_args(corpus, run_dir, *extra))
+    train(cfg, str(run_dir))
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    """A hard-label run: its checkpoint and hf_model/ serve as teacher / previous version."""
+    run_dir = tmp_path_factory.mktemp("hard")
+    return run_dir, run(corpus, run_dir, "target=hard")
+
+
+def test_hard_run_metrics_and_hf_model(trained):
+    from transformers import AutoModelForCausalLM
+
+    from softlabel.data import ByteTokenizer
+
+    run_dir, metrics = trained
+    assert metrics["task"] == "causal_lm" and metrics["monitor"] == "val/nll"
+    last = metrics["last"]
+    assert last["val/ppl"] == pytest.approx(torch.exp(torch.tensor(last["val/nll"])).item())
+    assert 0.0 <= last["test/acc"] <= 1.0
+    assert metrics["hf_model"] == {"dir": "hf_model", "weights": "best"}
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "hf_model", local_files_only=True)
+    assert model.get_output_embeddings().weight.shape[0] == 258
+    tokenizer = ByteTokenizer.from_pretrained(run_dir / "hf_model")
+    assert tokenizer.decode(tokenizer.encode("fox")) == "fox"
+    # the saved model is the val-selected checkpoint's student
+    state = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    saved = model.state_dict()
+    for key, value in state.items():
+        name = key.removeprefix("student.model.")
+        if name in saved:
+            torch.testing.assert_close(saved[name], value)
+
+
+@pytest.mark.parametrize("target", ["ls", "kd", "kd_reverse"])
+def test_targets_with_teacher_checkpoint(corpus, trained, tmp_path, target):
+    teacher_run, _ = trained
+    extra = [f"target={target}"]
+    if target.startswith("kd"):
+        extra += [
+            "teacher=hf_causal_lm",
+            f"teacher.checkpoint={teacher_run / 'checkpoints' / 'best.ckpt'}",
+            f"teacher.model.config={TINY}",
+        ]
+    metrics = run(corpus, tmp_path, *extra)
+    assert metrics["method"] == target
+    assert metrics["global_step"] == 3
+    if target.startswith("kd"):
+        assert metrics["teacher_checkpoint"].endswith("best.ckpt")
+
+
+def test_teacher_from_hf_directory_with_accumulation(corpus, trained, tmp_path):
+    teacher_run, _ = trained
+    metrics = run(
+        corpus,
+        tmp_path,
+        "target=kd",
+        "teacher=hf_causal_lm",
+        f"teacher.pretrained={teacher_run / 'hf_model'}",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.limit_train_batches=4",
+    )
+    assert metrics["teacher_pretrained"] == str(teacher_run / "hf_model")
+    assert metrics["global_step"] == 2
+
+
+def test_reloop_against_previous_version(corpus, trained, tmp_path):
+    previous_run, _ = trained
+    metrics = run(
+        corpus,
+        tmp_path,
+        "target=reloop",
+        f"previous.checkpoint={previous_run / 'checkpoints' / 'best.ckpt'}",
+    )
+    assert metrics["method"] == "reloop"
+
+
+def _hf_dir(tmp_path, vocab_size):
+    from softlabel.models import hf_causal_lm
+
+    model = hf_causal_lm(
+        config={"model_type": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 32},
+        num_classes=vocab_size,
+    )
+    path = tmp_path / f"teacher{vocab_size}"
+    model.save_pretrained(str(path))
+    return path
+
+
+def test_padded_superset_teacher_trains(corpus, tmp_path):
+    teacher = _hf_dir(tmp_path, 320)
+    metrics = run(
+        corpus,
+        tmp_path / "run",
+        "target=kd",
+        "teacher=hf_causal_lm",
+        f"teacher.pretrained={teacher}",
+    )
+    assert metrics["global_step"] == 3
+
+
+def test_vocabulary_mismatch_refused_before_training(corpus, tmp_path):
+    teacher = _hf_dir(tmp_path, 258)
+    run_dir = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"teacher has 258 output rows and the student 300"):
+        run(
+            corpus,
+            run_dir,
+            "target=kd",
+            "+student.config.vocab_size=300",
+            "teacher=hf_causal_lm",
+            f"teacher.pretrained={teacher}",
+        )
+    assert not (run_dir / "metrics.json").exists()
+
+
+def test_teacher_needs_exactly_one_source(corpus, trained, tmp_path):
+    teacher_run, _ = trained
+    with pytest.raises(ValueError, match="exactly one of teacher.checkpoint"):
+        run(corpus, tmp_path, "target=kd", "teacher=hf_causal_lm")
+    with pytest.raises(ValueError, match="exactly one of teacher.checkpoint"):
+        run(
+            corpus,
+            tmp_path,
+            "target=kd",
+            "teacher=hf_causal_lm",
+            f"teacher.pretrained={teacher_run / 'hf_model'}",
+            f"teacher.checkpoint={teacher_run / 'checkpoints' / 'best.ckpt'}",
+        )
+
+
+def test_save_predictions_refused(corpus, tmp_path):
+    with pytest.raises(ValueError, match="save_predictions=true"):
+        run(corpus, tmp_path, "target=hard", "save_predictions=true")
