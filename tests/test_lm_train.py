@@ -186,3 +186,66 @@ def test_teacher_needs_exactly_one_source(corpus, trained, tmp_path):
 def test_save_predictions_refused(corpus, tmp_path):
     with pytest.raises(ValueError, match="save_predictions=true"):
         run(corpus, tmp_path, "target=hard", "save_predictions=true")
+
+
+def _compose_cache(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from softlabel.cache.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("cache", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("kind", ["dense", "topk"])
+def test_sequence_cache_from_the_command_and_training_from_it(corpus, trained, tmp_path, kind):
+    from softlabel.cache import TeacherCache
+    from softlabel.cache.cli import build_cache
+    from softlabel.modules.build import build_datamodule
+    from softlabel.modules.lm_build import build_lm_model
+    from softlabel.targets import TopKLogits
+
+    teacher_run, _ = trained
+    data = lm_args(corpus, tmp_path)[:6]  # the data settings of the runs
+    cfg = _compose_cache(
+        *data,
+        "teacher=hf_causal_lm",
+        f"teacher.pretrained={teacher_run / 'hf_model'}",
+        f"out={tmp_path / 'cache'}",
+        f"kind={kind}",
+        "k=5",
+        "progress=false",
+    )
+    cache = TeacherCache.open(build_cache(cfg))
+    datamodule = build_datamodule(cfg)
+    dataset = datamodule.full_dataset()
+    assert len(cache) == len(dataset) and cache.num_classes == 258
+    # rows hold the teacher's logits at every position of the block with that index
+    index = torch.tensor([0, len(dataset) - 1])
+    ids = torch.stack([dataset[int(i)][0] for i in index])
+    teacher = build_lm_model(
+        compose_train(*lm_args(corpus, tmp_path), "teacher=hf_causal_lm").teacher.model,
+        datamodule,
+        pretrained=str(teacher_run / "hf_model"),
+    ).eval()
+    with torch.no_grad():
+        logits = teacher(ids)
+    got = cache.lookup(index)
+    if kind == "dense":
+        torch.testing.assert_close(got, logits.half().float())
+    else:
+        assert isinstance(got, TopKLogits) and got.index.shape == (2, 32, 5)
+        logp = torch.log_softmax(logits, -1)
+        top = logp.topk(5, -1)
+        torch.testing.assert_close(got.index, top.indices)
+        torch.testing.assert_close(got.logprob, top.values, atol=1e-2, rtol=1e-3)
+        rest = logp.scatter(-1, top.indices, float("-inf")).logsumexp(-1)
+        torch.testing.assert_close(got.tail, rest, atol=1e-2, rtol=1e-3)
+    metrics = run(
+        corpus,
+        tmp_path / "run",
+        "target=kd",
+        "teacher=cached",
+        f"teacher.cache={tmp_path / 'cache'}",
+    )
+    assert metrics["teacher_cache"] == str(tmp_path / "cache")

@@ -42,6 +42,10 @@ def _check_options(cfg: DictConfig) -> None:
         raise ValueError(f"batch_size={cfg.batch_size!r} must be a positive integer")
 
 
+def _is_text(cfg: DictConfig) -> bool:
+    return str((cfg.get("data") or {}).get("_target_", "")).endswith("TextDataModule")
+
+
 def build_cache(cfg: DictConfig) -> Path:
     """Run ``cfg.teacher`` over every index of ``cfg.data`` and write the cache at ``cfg.out``."""
     teacher_cfg = cfg.teacher
@@ -51,6 +55,10 @@ def build_cache(cfg: DictConfig) -> Path:
             f"teacher.kind={kind!r}: softlabel-cache needs a teacher model and its checkpoint, "
             "e.g. teacher=mlp_large teacher.checkpoint=PATH"
         )
+    if _is_text(cfg):
+        out = _required(cfg, "out", "give out=DIR, the cache directory to write")
+        _check_options(cfg)
+        return _build_sequence_cache(cfg, out)
     checkpoint = _required(
         teacher_cfg,
         "checkpoint",
@@ -116,6 +124,53 @@ def build_cache(cfg: DictConfig) -> Path:
         with torch.inference_mode():
             for x, _, index in batches:
                 writer.write(index, teacher(x.to(device)).float().cpu())
+        return writer.commit()
+
+
+def _build_sequence_cache(cfg: DictConfig, out: str) -> Path:
+    """A causal-LM teacher's logits at every position of every block of ``data=text``:
+    rows of shape (block_size, V) per dataset index (dense), or the top-k ids, their
+    log-probabilities and the log tail mass per position."""
+    import torch
+    from rich.progress import track
+    from torch.utils.data import DataLoader
+
+    from softlabel.cache.guards import inputs_fingerprint
+    from softlabel.cache.writer import CacheWriter
+    from softlabel.modules.build import absolute_path, build_datamodule
+    from softlabel.modules.lm_build import frozen_lm
+
+    out_path = Path(absolute_path(out))
+    datamodule = build_datamodule(cfg)
+    teacher, record = frozen_lm(cfg.teacher, datamodule, "teacher")
+    vocab = int(teacher.vocab_size)
+    device = torch.device(cfg.device)
+    teacher.to(device).eval()
+    dataset = datamodule.full_dataset()
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False)
+    recorded = OmegaConf.to_container(cfg.teacher, resolve=True)
+    assert isinstance(recorded, dict)
+    recorded.update({k: v for k, v in record.items() if not k.endswith("sha256")})
+    with CacheWriter(
+        out_path,
+        kind=cfg.kind,
+        num_samples=len(dataset),
+        num_classes=vocab,
+        k=int(cfg.k) if cfg.kind == "topk" else None,
+        dtype=cfg.dtype,
+        fingerprint=datamodule.fingerprint,
+        teacher_sha256=record["teacher_sha256"],
+        teacher_config=recorded,
+        inputs_fingerprint=inputs_fingerprint(datamodule),
+        overwrite=bool(cfg.overwrite),
+        row_shape=tuple(datamodule.input_shape),
+    ) as writer:
+        batches = track(
+            loader, total=len(loader), description="teacher logits", disable=not cfg.progress
+        )
+        with torch.inference_mode():
+            for input_ids, _, index in batches:
+                writer.write(index, teacher(input_ids.to(device)).float().cpu())
         return writer.commit()
 
 

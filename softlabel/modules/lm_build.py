@@ -23,7 +23,14 @@ from softlabel.modules.build import absolute_path
 from softlabel.modules.checkpoints import file_sha256, load_weights
 from softlabel.modules.references import LiveTeacher, PreviousModelProvider, ReferenceProvider
 
-__all__ = ["HF_MODEL_DIR", "build_lm_model", "build_lm_reference_provider", "save_hf_model"]
+__all__ = [
+    "HF_MODEL_DIR",
+    "build_lm_model",
+    "build_lm_reference_provider",
+    "directory_sha256",
+    "frozen_lm",
+    "save_hf_model",
+]
 
 HF_MODEL_DIR = "hf_model"
 
@@ -64,9 +71,23 @@ def _output_rows(model: nn.Module, datamodule: Any) -> int:
         return int(model.eval()(ids).shape[-1])
 
 
-def _frozen_lm(
-    node: DictConfig, datamodule: Any, role: str, student: nn.Module
-) -> tuple[nn.Module, dict[str, Any]]:
+def directory_sha256(path: str) -> str:
+    """Hex SHA-256 over a directory's files (relative names and contents, sorted)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest.update(os.path.relpath(full, path).encode() + b"\0")
+            digest.update(file_sha256(full).encode())
+    return digest.hexdigest()
+
+
+def frozen_lm(node: DictConfig, datamodule: Any, role: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The frozen model of ``node`` (``checkpoint`` or ``pretrained``, exactly one) and what
+    to record of it: its path and the SHA-256 of its file (or directory)."""
     checkpoint_set, pretrained_set = _is_set(node, "checkpoint"), _is_set(node, "pretrained")
     if checkpoint_set == pretrained_set:
         raise ValueError(
@@ -81,7 +102,7 @@ def _frozen_lm(
         model = build_lm_model(
             model_node or {"_target_": _default_target()}, datamodule, pretrained=path
         )
-        record = {f"{role}_pretrained": path}
+        record = {f"{role}_pretrained": path, f"{role}_sha256": directory_sha256(path)}
     else:
         path = absolute_path(node.checkpoint)
         if not os.path.exists(path):
@@ -134,7 +155,7 @@ def build_lm_reference_provider(
                 "teacher=hf_causal_lm teacher.checkpoint=PATH (or teacher.pretrained=DIR), "
                 "or teacher=cached teacher.cache=DIR"
             )
-        model, record = _frozen_lm(teacher, datamodule, "teacher", student)
+        model, record = frozen_lm(teacher, datamodule, "teacher")
         check_vocabularies(student_vocab, _output_rows(model, datamodule), data_vocab)
         return LiveTeacher(model), record
     if reference == "previous_probs":
@@ -142,7 +163,7 @@ def build_lm_reference_provider(
         node = OmegaConf.create(OmegaConf.to_container(previous, resolve=True))
         if node.get("model") is None:
             node.model = cfg.student
-        model, record = _frozen_lm(node, datamodule, "previous", student)
+        model, record = frozen_lm(node, datamodule, "previous")
         rows = _output_rows(model, datamodule)
         if rows != student_vocab:
             raise ValueError(
