@@ -249,3 +249,18 @@ def test_sequence_cache_from_the_command_and_training_from_it(corpus, trained, t
         f"teacher.cache={tmp_path / 'cache'}",
     )
     assert metrics["teacher_cache"] == str(tmp_path / "cache")
+
+
+def test_fast_dev_run_with_live_teacher(corpus, trained, tmp_path):
+    teacher_run, _ = trained
+    cfg = compose_train(
+        *lm_args(corpus, tmp_path),
+        "target=kd_jsd",
+        "teacher=hf_causal_lm",
+        f"teacher.pretrained={teacher_run / 'hf_model'}",
+        "teacher.dtype=bfloat16",
+        "trainer.fast_dev_run=2",
+    )
+    record = train(cfg, str(tmp_path))
+    assert record["global_step"] == 2 and record["best"] is None
+    assert record["hf_model"]["weights"] == "last"
