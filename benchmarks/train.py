@@ -256,8 +256,10 @@ def topk_mass(cache: Any, datamodule: Any, ks: list[int], temperatures: list[flo
     For each T: ``kept`` = mean over rows of the top-k classes' share of ``softmax(z / T)``
     (z: the dense cached logits); ``tail_true`` = 1 - kept, the mass of the other K - k
     classes; ``tail_rebuilt`` = the same classes' share of ``softmax(t / T)`` with t the
-    top-k reconstruction (uniform leftover at T = 1, then softened with the rest);
-    ``kl`` = mean KL(softmax(z / T) || softmax(t / T)) in nats.
+    top-k reconstruction (uniform leftover at T = 1, then softened with the rest, the
+    ``teacher.tail=uniform`` target); ``tail_bucket`` = the tail bucket's share of the
+    k + 1 buckets softened at T (``teacher.tail=bucket``: ``R^(1/T)`` against the kept
+    ``p^(1/T)``); ``kl`` = mean KL(softmax(z / T) || softmax(t / T)) in nats.
     """
     from softlabel.cache.reader import reconstruct_topk_logits
 
@@ -270,15 +272,18 @@ def topk_mass(cache: Any, datamodule: Any, ks: list[int], temperatures: list[flo
         top_logprob, top_index = logprob.topk(k, dim=-1)
         rebuilt = reconstruct_topk_logits(top_index, top_logprob.half(), num_classes)
         tail = torch.ones_like(logprob, dtype=torch.bool).scatter_(1, top_index, False)
+        tail_logmass = logprob.masked_fill(~tail, float("-inf")).logsumexp(-1, keepdim=True)
+        buckets = torch.cat([top_logprob, tail_logmass], dim=-1)
         for temperature in temperatures:
             true_t = torch.log_softmax(logits / temperature, dim=-1)
             rebuilt_t = torch.log_softmax(rebuilt / temperature, dim=-1)
             tail_true = (true_t.exp() * tail).sum(-1).mean()
             tail_rebuilt = (rebuilt_t.exp() * tail).sum(-1).mean()
+            tail_bucket = torch.softmax(buckets / temperature, dim=-1)[:, -1].mean()
             kl = (true_t.exp() * (true_t - rebuilt_t)).sum(-1).mean()
             rows.append(
                 f"| {k} | {temperature:g} | {1 - tail_true:.4f} | {tail_true:.4f} | "
-                f"{tail_rebuilt:.4f} | {kl:.4f} |"
+                f"{tail_rebuilt:.4f} | {tail_bucket:.4f} | {kl:.4f} |"
             )
     return rows
 
@@ -304,9 +309,10 @@ def topk(
         caches[f"top-{k}"] = write_cache(data, checkpoint, work / f"{task}_top{k}", "topk", k)
     print(f"\n[{task}] share of softmax(z / T) kept by the top-k (train split)")
     print(
-        "| k | T | kept (top-k) | tail, teacher | tail, rebuilt | KL(teacher_T \\|\\| rebuilt_T) |"
+        "| k | T | kept (top-k) | tail, teacher | tail, rebuilt | tail, bucket "
+        "| KL(teacher_T \\|\\| rebuilt_T) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     print("\n".join(topk_mass(caches["dense"], datamodule, args.ks, args.mass_temperatures)))
     base = [*data, f"student={args.topk_student}"]
     for temperature in args.temperatures:
@@ -318,6 +324,7 @@ def topk(
             for name, cache in caches.items():
                 overrides = [*base, "target=kd", f"target.temperature={temperature}"]
                 overrides += ["teacher=cached", f"teacher.cache={cache.path}"]
+                overrides += [f"teacher.tail={args.tail}"]
                 trainer, _ = fit(
                     compose_config("train", overrides), datamodule, args.topk_epochs, seed
                 )
@@ -375,6 +382,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--mass-temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0])
     parser.add_argument("--topk-student", default="mlp", help="student config of the top-k runs")
+    parser.add_argument(
+        "--tail",
+        choices=["bucket", "uniform"],
+        default="bucket",
+        help="teacher.tail of the top-k KD runs (uniform: the reconstruction before version 3)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     args = parser.parse_args(argv)
