@@ -21,6 +21,7 @@ same run. ``--sweep`` times the linear loss alone for several ``chunk_rows``.
 
     python benchmarks/linear_loss.py --threads 2 --shapes 8192,1024,32000 --repeat 3
     python benchmarks/linear_loss.py --quick --no-memory
+    python benchmarks/linear_loss.py --shapes 4096,2048,128256 --no-time   # memory only
     python benchmarks/linear_loss.py --sweep 128 256 512 1024 --shapes 2048,1024,32000
 """
 
@@ -222,9 +223,12 @@ def measure_shape(shape: str, groups, variants, args, chunk_rows=(None,)) -> dic
         peaks[key] = (
             None if args.no_memory else peak_memory_mib(key[0], key[1], shape, args, key[2])
         )
-    x = make_inputs(n, h, v, args.device, getattr(torch, args.dtype), args.bias)
-    steps = {key: make_step(key[0], key[1], x, key[2]) for key in keys}
-    seconds = time_interleaved(steps, args)
+    if args.no_time:
+        seconds: dict = dict.fromkeys(keys)
+    else:
+        x = make_inputs(n, h, v, args.device, getattr(torch, args.dtype), args.bias)
+        steps = {key: make_step(key[0], key[1], x, key[2]) for key in keys}
+        seconds = time_interleaved(steps, args)
     return {key: {"time_s": seconds[key], "peak_mib": peaks[key]} for key in keys}
 
 
@@ -304,6 +308,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--memory-limit-gib", type=float, default=0.0, help="RLIMIT_AS per run")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--no-time", action="store_true", help="skip the timed rounds")
     parser.add_argument("--quick", action="store_true", help=f"shape {QUICK_SHAPES}, 1 round")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--group", default="LS", help=argparse.SUPPRESS)
