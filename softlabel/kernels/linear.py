@@ -63,10 +63,10 @@ LINEAR_CHUNK_BYTES = {"cpu": 256 << 20, "cuda": 1 << 30}
 DEFAULT_LINEAR_CHUNK_BYTES = 256 << 20
 
 #: Fewest rows per chunk (unless N is smaller). A chunk's products do about chunk_rows
-#: multiply-adds per weight element they read or update, and short products are slow: on CPU
-#: (2 threads) the three products of 1024 rows at H = 2048, V = 128256 took 19.1 s in chunks
-#: of 256 rows, 16.7 s in chunks of 512 and 15.3 s in one product (docs/performance.md,
-#: "Linear-head loss"). The CUDA figure is a choice, not a measurement.
+#: multiply-adds per weight element they read or update, so short products cost more per
+#: row: on CPU (2 threads) the LS loss of 1024 rows at H = 2048, V = 128256 took 14.5 s in
+#: chunks of 256 rows, 14.6 s in chunks of 512 and 13.4 s in one chunk (docs/performance.md,
+#: "Linear-head loss", chunk sizes). 512 is a choice within that spread, as is the CUDA figure.
 MIN_CHUNK_ROWS = {"cpu": 512, "cuda": 1024}
 
 
