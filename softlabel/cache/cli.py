@@ -69,11 +69,7 @@ def build_cache(cfg: DictConfig) -> Path:
     _check_options(cfg)
 
     import torch
-    from rich.progress import track
-    from torch.utils.data import DataLoader
 
-    from softlabel.cache.guards import inputs_fingerprint
-    from softlabel.cache.writer import CacheWriter
     from softlabel.modules.build import absolute_path, build_datamodule, build_model
     from softlabel.modules.checkpoints import check_output_dim, file_sha256, load_weights
 
@@ -100,11 +96,43 @@ def build_cache(cfg: DictConfig) -> Path:
     device = torch.device(cfg.device)
     teacher.to(device).eval()
 
-    dataset = datamodule.full_dataset()
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False)
     recorded = OmegaConf.to_container(teacher_cfg, resolve=True)
     assert isinstance(recorded, dict)
     recorded["checkpoint"] = checkpoint_path
+    return _write(
+        cfg,
+        out_path,
+        datamodule,
+        teacher,
+        device,
+        num_classes,
+        file_sha256(checkpoint_path),
+        recorded,
+    )
+
+
+def _write(
+    cfg: DictConfig,
+    out_path: Path,
+    datamodule: Any,
+    teacher: Any,
+    device: Any,
+    num_classes: int,
+    teacher_sha256: str,
+    recorded: dict[str, Any],
+    row_shape: tuple[int, ...] = (),
+) -> Path:
+    """Run ``teacher`` over every item of ``datamodule.full_dataset()`` (in index order)
+    and commit its outputs as the cache at ``out_path``."""
+    import torch
+    from rich.progress import track
+    from torch.utils.data import DataLoader
+
+    from softlabel.cache.guards import inputs_fingerprint
+    from softlabel.cache.writer import CacheWriter
+
+    dataset = datamodule.full_dataset()
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False)
     with CacheWriter(
         out_path,
         kind=cfg.kind,
@@ -113,10 +141,11 @@ def build_cache(cfg: DictConfig) -> Path:
         k=int(cfg.k) if cfg.kind == "topk" else None,
         dtype=cfg.dtype,
         fingerprint=datamodule.fingerprint,
-        teacher_sha256=file_sha256(checkpoint_path),
+        teacher_sha256=teacher_sha256,
         teacher_config=recorded,
         inputs_fingerprint=inputs_fingerprint(datamodule),
         overwrite=bool(cfg.overwrite),
+        row_shape=row_shape,
     ) as writer:
         batches = track(
             loader, total=len(loader), description="teacher logits", disable=not cfg.progress
@@ -132,46 +161,29 @@ def _build_sequence_cache(cfg: DictConfig, out: str) -> Path:
     rows of shape (block_size, V) per dataset index (dense), or the top-k ids, their
     log-probabilities and the log tail mass per position."""
     import torch
-    from rich.progress import track
-    from torch.utils.data import DataLoader
 
-    from softlabel.cache.guards import inputs_fingerprint
-    from softlabel.cache.writer import CacheWriter
     from softlabel.modules.build import absolute_path, build_datamodule
     from softlabel.modules.lm_build import frozen_lm
 
     out_path = Path(absolute_path(out))
     datamodule = build_datamodule(cfg)
     teacher, record = frozen_lm(cfg.teacher, datamodule, "teacher")
-    vocab = int(teacher.vocab_size)
     device = torch.device(cfg.device)
     teacher.to(device).eval()
-    dataset = datamodule.full_dataset()
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False)
     recorded = OmegaConf.to_container(cfg.teacher, resolve=True)
     assert isinstance(recorded, dict)
     recorded.update({k: v for k, v in record.items() if not k.endswith("sha256")})
-    with CacheWriter(
+    return _write(
+        cfg,
         out_path,
-        kind=cfg.kind,
-        num_samples=len(dataset),
-        num_classes=vocab,
-        k=int(cfg.k) if cfg.kind == "topk" else None,
-        dtype=cfg.dtype,
-        fingerprint=datamodule.fingerprint,
-        teacher_sha256=record["teacher_sha256"],
-        teacher_config=recorded,
-        inputs_fingerprint=inputs_fingerprint(datamodule),
-        overwrite=bool(cfg.overwrite),
+        datamodule,
+        teacher,
+        device,
+        int(teacher.vocab_size),
+        record["teacher_sha256"],
+        recorded,
         row_shape=tuple(datamodule.input_shape),
-    ) as writer:
-        batches = track(
-            loader, total=len(loader), description="teacher logits", disable=not cfg.progress
-        )
-        with torch.inference_mode():
-            for input_ids, _, index in batches:
-                writer.write(index, teacher(input_ids.to(device)).float().cpu())
-        return writer.commit()
+    )
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="cache")

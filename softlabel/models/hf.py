@@ -205,9 +205,7 @@ def check_vocabularies(student_vocab: int, teacher_vocab: int, data_vocab: int) 
         raise ValueError(
             f"the student has {student_vocab} output rows but the tokenizer has {data_vocab} ids"
         )
-    if teacher_vocab == student_vocab:
-        return student_vocab
-    if teacher_vocab > student_vocab:
+    if teacher_vocab >= student_vocab:
         return student_vocab
     raise ValueError(
         f"vocabulary mismatch: the teacher has {teacher_vocab} output rows and the student "

@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 HF_MODEL_DIR = "hf_model"
+HF_CAUSAL_LM = "softlabel.models.hf_causal_lm"
 
 
 def _is_set(node: Any, key: str) -> bool:
@@ -100,7 +101,7 @@ def frozen_lm(node: DictConfig, datamodule: Any, role: str) -> tuple[nn.Module, 
     if pretrained_set:
         path = absolute_path(node.pretrained)
         model = build_lm_model(
-            model_node or {"_target_": _default_target()}, datamodule, pretrained=path
+            model_node or {"_target_": HF_CAUSAL_LM}, datamodule, pretrained=path
         )
         record = {f"{role}_pretrained": path, f"{role}_sha256": directory_sha256(path)}
     else:
@@ -122,10 +123,6 @@ def frozen_lm(node: DictConfig, datamodule: Any, role: str) -> tuple[nn.Module, 
             raise ValueError(f"{role}.dtype={dtype!r} is not allowed; use one of {sorted(DTYPES)}")
         model = model.to(DTYPES[dtype])
     return model, record
-
-
-def _default_target() -> str:
-    return "softlabel.models.hf_causal_lm"
 
 
 def build_lm_reference_provider(
