@@ -102,6 +102,32 @@ def test_authors_code_returns_the_kl_with_the_same_gradient():
     torch.testing.assert_close(g_ours, g_theirs, **TOL[torch.float64])
 
 
+def test_correct_uncertain_rows_get_no_push_on_the_true_class():
+    """The rule's fixed point: at a correct prediction with 1 - p_y below the cap, eps = 1 - p_y,
+    so q_y = p_y and the true-class gradient p_y - q_y is 0. The target only reshapes the other
+    classes, and a row gains confidence only up to p_y = 1 - cap (what the
+    soft_label_sources recipe measures: an under-confident model)."""
+    margin = 0.2
+    cap = (K - 1) / K - margin
+    logits = torch.zeros(3, K, dtype=torch.float64)
+    logits[:, 0] = torch.tensor([2.0, 3.0, 5.0])  # p_y 0.45, 0.69, 0.94: all above 1 - cap
+    logits[:, 1] = torch.tensor([0.5, -1.0, 1.0])
+    logits.requires_grad_()
+    target = torch.zeros(3, dtype=torch.long)
+    p_y = torch.softmax(logits.detach(), dim=1)[:, 0]
+    assert bool((1 - p_y < cap).all())
+    loss = confidence_smoothing_loss(logits, target, margin, 2.0, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, logits)
+    torch.testing.assert_close(grad[:, 0], torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert bool((grad[:, 1:].abs().sum(dim=1) > 1e-3).all())  # the other classes still move
+    # below 1 - cap the cap binds: q_y = 1 - cap > p_y pulls the true class up
+    flat = torch.zeros(1, K, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(
+        confidence_smoothing_loss(flat, target[:1], margin, 2.0, reduction="sum"), flat
+    )
+    assert grad[0, 0].item() == pytest.approx(1 / K - (1 - cap))
+
+
 def test_chunked_rows_do_not_depend_on_the_chunk_size():
     logits = (torch.randn(11, K, dtype=torch.float64) * 3).requires_grad_()
     index = torch.randint(0, K, (11,))
