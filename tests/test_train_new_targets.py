@@ -13,7 +13,7 @@ from softlabel.train import train
 DEV = [*QUICK, "trainer.fast_dev_run=2"]
 
 
-@pytest.mark.parametrize("target", ["tf_kd", "ls_adaptive", "ols"])
+@pytest.mark.parametrize("target", ["tf_kd", "ls_adaptive", "ls_confidence", "ols"])
 def test_targets_without_teacher(target, tmp_path):
     record = train(compose_train(*DEV, f"target={target}"), tmp_path)
     assert record["method"] == target and record["target"]["name"] == target
