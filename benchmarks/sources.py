@@ -5,7 +5,8 @@ Groups (reference first): MbLS (``margin_smoothing_loss`` vs cross_entropy + the
 with ``amax``/``relu``), Tf-KD_reg (``virtual_teacher_loss`` vs a dense softened teacher,
 ``kl_div`` and cross_entropy), DIST (``dist_loss`` vs the formula with softmax and Pearson
 correlations), OLS (``SoftTargetLoss(OnlineLabelSmoothing)`` one epoch in, i.e. with a (K, K)
-prior, plus its statistics hook, vs ``label_smoothing_loss`` with a uniform prior). Forward +
+prior, plus its statistics hook, vs ``label_smoothing_loss`` with a uniform prior), AdaLabel's
+eps (``confidence_smoothing_loss`` vs the explicit per-row target and ``log_softmax``). Forward +
 backward time (median of ``--repeat`` runs after a warm-up) and peak extra memory (CPU: a
 fresh subprocess per variant, VmHWM after the run minus VmRSS once the inputs exist).
 
@@ -30,13 +31,15 @@ from softlabel import SoftTargetLoss
 from softlabel.targets import OnlineLabelSmoothing
 
 IGNORE, MARGIN, PENALTY, A, T, ALPHA, EPS = -100, 10.0, 0.1, 0.9, 20.0, 0.9, 0.5
+ADA_MARGIN, ADA_POWER = 0.2, 2.0
 
 # variant -> (group, reference variant of the group)
-_MBLS, _TFKD, _DIST, _LS = (
+_MBLS, _TFKD, _DIST, _LS, _ADA = (
     "MbLS: torch cross_entropy + relu(amax - s - m).sum",
     "Tf-KD: dense softened q + kl_div + cross_entropy",
     "DIST: torch softmax + Pearson (formula)",
     "LS: label_smoothing_loss (uniform prior)",
+    "AdaLabel: explicit q from the detached softmax + log_softmax",
 )
 VARIANTS = {
     _MBLS: ("MbLS", None),
@@ -47,11 +50,13 @@ VARIANTS = {
     "DIST: dist_loss": ("DIST", _DIST),
     _LS: ("OLS", None),
     "OLS: SoftTargetLoss(OnlineLabelSmoothing) + hook": ("OLS", _LS),
+    _ADA: ("AdaLabel", None),
+    "AdaLabel: confidence_smoothing_loss": ("AdaLabel", _ADA),
 }
 #: cases: name -> (rows, classes, groups)
 CASES = {
-    "vocabulary": (2048, 32000, ("MbLS", "Tf-KD", "DIST")),
-    "classes": (4096, 1000, ("MbLS", "Tf-KD", "DIST", "OLS")),
+    "vocabulary": (2048, 32000, ("MbLS", "Tf-KD", "DIST", "AdaLabel")),
+    "classes": (4096, 1000, ("MbLS", "Tf-KD", "DIST", "OLS", "AdaLabel")),
 }
 
 
@@ -95,6 +100,17 @@ def make_step(variant: str, x: dict[str, torch.Tensor]) -> Callable[[], None]:
         soft = (1 - rho(p, q).mean()) + (1 - rho(p.t(), q.t()).mean())
         return 0.5 * F.cross_entropy(s, y, ignore_index=IGNORE) + 0.5 * soft
 
+    def adalabel_reference() -> torch.Tensor:
+        p = torch.softmax(s.detach(), dim=1)
+        p_max = p.amax(dim=1)
+        p_y = p.gather(1, safe.unsqueeze(1)).squeeze(1)
+        cap = (k - 1) / k - ADA_MARGIN
+        eps = (p_y / p_max) ** ADA_POWER * torch.clamp(1 - p_max, max=cap)
+        q = (eps / (k - 1)).unsqueeze(1).expand(-1, k).clone()
+        q.scatter_(1, safe.unsqueeze(1), (1 - eps).unsqueeze(1))
+        per = -(q * torch.log_softmax(s, dim=1)).sum(dim=1)
+        return (per * valid).sum() / n_valid
+
     ols = OnlineLabelSmoothing(EPS)
     if variant.startswith("OLS"):
         ols.on_train_batch_end(s.detach(), y)
@@ -115,6 +131,10 @@ def make_step(variant: str, x: dict[str, torch.Tensor]) -> Callable[[], None]:
         "DIST: dist_loss": lambda: SF.dist_loss(s, t, y),
         _LS: lambda: SF.label_smoothing_loss(s, y, EPS),
         "OLS: SoftTargetLoss(OnlineLabelSmoothing) + hook": ols_step,
+        _ADA: adalabel_reference,
+        "AdaLabel: confidence_smoothing_loss": lambda: SF.confidence_smoothing_loss(
+            s, y, ADA_MARGIN, ADA_POWER
+        ),
     }
 
     def step() -> None:
