@@ -39,3 +39,12 @@ def weighted_reduce(per, sample_weight, reduction):
     if reduction == "sum":
         return per.sum()
     return per.sum() / sample_weight.sum()
+
+
+def masked_reduce(per, mask, safe, weight, reduction):
+    """``weighted_reduce`` of per-position values with the ignored positions zeroed and
+    weights ``mask * weight[safe]`` (``safe`` = the target with ignored positions set to 0)."""
+    sample_weight = mask.to(per.dtype)
+    if weight is not None:
+        sample_weight = sample_weight * weight[safe]
+    return weighted_reduce(torch.where(mask, per, torch.zeros_like(per)), sample_weight, reduction)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as tf
-from loss_reference import SHAPES, TOL, K, assert_same_values_and_grads, weighted_reduce
+from loss_reference import SHAPES, TOL, K, assert_same_values_and_grads, masked_reduce
 
 from softlabel import SoftTargetLoss
 from softlabel.functional import confidence_smoothing_loss
@@ -41,10 +41,7 @@ def _reference(logits, target, margin, power, reduction="mean", weight=None):
     safe = torch.where(mask, target, torch.zeros_like(target))
     q = _target(logits, safe, _eps(logits, safe, margin, power))
     per = -(q * torch.log_softmax(logits, dim=-1)).sum(-1)
-    sample_weight = mask.to(logits.dtype)
-    if weight is not None:
-        sample_weight = sample_weight * weight[safe]
-    return weighted_reduce(torch.where(mask, per, torch.zeros_like(per)), sample_weight, reduction)
+    return masked_reduce(per, mask, safe, weight, reduction)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from loss_reference import SHAPES, TOL, K, assert_same_values_and_grads, weighted_reduce
+from loss_reference import SHAPES, TOL, K, assert_same_values_and_grads, masked_reduce
 
 from softlabel import SoftTargetLoss
 from softlabel.functional import margin_smoothing_loss
@@ -22,10 +22,7 @@ def _reference(logits, target, margin, penalty, reduction, weight):
     distance = logits.max(dim=-1, keepdim=True).values - logits
     term = torch.relu(distance - margin).sum(-1)
     per = ce.view(target.shape) + penalty * term
-    sample_weight = mask.to(logits.dtype)
-    if weight is not None:
-        sample_weight = sample_weight * weight[safe]
-    return weighted_reduce(torch.where(mask, per, torch.zeros_like(per)), sample_weight, reduction)
+    return masked_reduce(per, mask, safe, weight, reduction)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
