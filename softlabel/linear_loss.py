@@ -7,42 +7,29 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from softlabel.functional._validation import check_reduction
-from softlabel.functional.linear import (
-    linear_cross_entropy_loss,
-    linear_decoupled_distillation_loss,
-    linear_distillation_loss,
-    linear_label_smoothing_loss,
-    linear_self_correction_loss,
-)
-from softlabel.targets import (
-    ClassPrior,
-    DecoupledTeacher,
-    Hard,
-    PreviousModel,
-    TargetSource,
-    Teacher,
-    UniformPrior,
-)
-
-_SUPPORTED = (Hard, UniformPrior, ClassPrior, Teacher, DecoupledTeacher, PreviousModel)
-_TEACHERS = (Teacher, DecoupledTeacher)
+from softlabel.functional.linear import spec_head_loss, teacher_head
+from softlabel.kernels.checks import check_chunk_rows, check_ignore_index, check_reduction
+from softlabel.kernels.references import TopKLogits
+from softlabel.loss import _class_weight, check_reference_given
+from softlabel.targets import Hard, TargetSource
 
 
 class LinearSoftTargetLoss(nn.Module):
-    """``LinearSoftTargetLoss(source)(hidden, weight, target, bias=None, *, teacher_hidden=None,
-    teacher_weight=None, teacher_bias=None, previous_probs=None)``.
+    """``LinearSoftTargetLoss(source)(hidden, weight, target, bias=None, *, teacher_logits=None,
+    teacher_hidden=None, teacher_weight=None, teacher_bias=None, previous_probs=None)``.
 
     The value and the gradients of ``hidden``, ``weight`` and ``bias`` are those of
     ``SoftTargetLoss(source)(F.linear(hidden, weight, bias), target, reference)``, but the
-    (N, V) logits are never built: the functions of ``softlabel.functional.linear`` run the
-    head and the loss chunk by chunk. ``reference`` there is the teacher's
-    ``F.linear(teacher_hidden, teacher_weight, teacher_bias)`` (``Teacher`` with any
-    divergence, ``DecoupledTeacher``) or ``previous_probs`` (``PreviousModel``); the other
-    sources with a per-row loss are ``Hard``, ``UniformPrior`` and ``ClassPrior`` (a prior
-    vector or a class-conditional matrix). ``hidden`` (..., H), ``weight`` (V, H)
+    (N, V) logits are never built: the engine runs the head and the loss chunk by chunk
+    (``softlabel.functional.linear``). Every source with an engine mode runs here
+    (``source.linear_head``): hard labels, every label smoothing but the online one, label
+    relaxation, KD with every divergence, DKD, Tf-KD, ReLoop. The teacher reference is
+    ``teacher_logits`` (dense (..., V) logits, or a top-k ``TopKLogits`` where the source
+    accepts one: KD from a top-k cache never builds the student's logits) or a live teacher's
+    head (``teacher_hidden``, ``teacher_weight``, ``teacher_bias``, also made chunk by chunk);
+    ``previous_probs`` for ReLoop. ``hidden`` (..., H), ``weight`` (V, H)
     (``nn.Linear(H, V).weight``), ``bias`` (V,). The constructor's ``weight`` is the per-class
-    weight, as for ``SoftTargetLoss``; ``chunk_rows`` overrides the kernel's chunk size.
+    weight, as for ``SoftTargetLoss``; ``chunk_rows`` overrides the engine's chunk size.
     Multiclass only.
 
     A model opts in by exposing ``features(x)`` (the hidden states) and ``head`` (an
@@ -64,31 +51,21 @@ class LinearSoftTargetLoss(nn.Module):
         super().__init__()
         if source is None:
             source = Hard()
-        if not isinstance(source, _SUPPORTED):
-            names = ", ".join(kind.__name__ for kind in _SUPPORTED)
-            raise TypeError(
-                f"source must be a softlabel.targets source with a per-row loss ({names}) "
-                f"or None, got {type(source).__name__}"
+        if not isinstance(source, TargetSource) or not source.linear_head:
+            why = (
+                getattr(source, "fallback", None)
+                or ("it reads each batch's logits" if getattr(source, "observes", False) else None)
+                or "it is not a softlabel.targets source"
             )
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-            raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
-        if chunk_rows is not None and (
-            isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1
-        ):
-            raise ValueError(f"chunk_rows must be None or an int >= 1, got {chunk_rows!r}")
+            raise TypeError(
+                "source must be a softlabel.targets source with a per-row loss "
+                f"(source.linear_head) or None, got {type(source).__name__}: {why}"
+            )
         self.source = source
-        self.ignore_index = ignore_index
+        self.ignore_index = check_ignore_index(ignore_index)
         self.reduction = check_reduction(reduction)
-        self.chunk_rows = chunk_rows
-        if weight is not None:
-            weight = torch.as_tensor(weight)
-            if not weight.is_floating_point():
-                weight = weight.float()
-            if weight.dim() != 1:
-                raise ValueError(
-                    f"weight must be a 1-D per-class tensor, got shape {tuple(weight.shape)}"
-                )
-        self.register_buffer("weight", weight)
+        self.chunk_rows = check_chunk_rows(chunk_rows)
+        self.register_buffer("weight", _class_weight(weight))
 
     @property
     def name(self) -> str:
@@ -108,13 +85,14 @@ class LinearSoftTargetLoss(nn.Module):
         target: Tensor | None,
         bias: Tensor | None = None,
         *,
+        teacher_logits: Tensor | TopKLogits | None = None,
         teacher_hidden: Tensor | None = None,
         teacher_weight: Tensor | None = None,
         teacher_bias: Tensor | None = None,
         previous_probs: Tensor | None = None,
     ) -> Tensor:
         source = self.source
-        teacher_given = [
+        head_given = [
             name
             for name, value in (
                 ("teacher_hidden", teacher_hidden),
@@ -123,81 +101,49 @@ class LinearSoftTargetLoss(nn.Module):
             )
             if value is not None
         ]
-        if teacher_given and not isinstance(source, _TEACHERS):
-            raise ValueError(
-                f"{type(source).__name__} takes no teacher head, got {', '.join(teacher_given)}"
-            )
-        if previous_probs is not None and not isinstance(source, PreviousModel):
-            raise ValueError(
-                f"{type(source).__name__} takes no previous_probs, got a tensor of shape "
-                f"{tuple(previous_probs.shape)}"
-            )
-        options = {
-            "ignore_index": self.ignore_index,
-            "reduction": self.reduction,
-            "class_weight": self.weight,
-            "chunk_rows": self.chunk_rows,
-        }
-        if isinstance(source, _TEACHERS):
-            if teacher_hidden is None or teacher_weight is None:
+        name = type(source).__name__
+        if source.reference == "teacher_logits":
+            if teacher_logits is not None and head_given:
                 raise ValueError(
-                    f"{type(source).__name__} needs the teacher's head: pass teacher_hidden and "
-                    "teacher_weight (and teacher_bias if it has one)"
+                    f"{name} takes teacher_logits or the teacher's head, not both: got "
+                    f"teacher_logits and {', '.join(head_given)}"
                 )
-            options.update(
-                teacher_hidden=teacher_hidden,
-                teacher_weight=teacher_weight,
-                teacher_bias=teacher_bias,
-                temperature=source.temperature,
-                alpha=source.alpha,
-            )
-            if isinstance(source, DecoupledTeacher):
-                return linear_decoupled_distillation_loss(
-                    hidden,
-                    weight,
-                    target,
-                    bias,
-                    beta=source.beta,
-                    ce_weight=source.ce_weight,
-                    **options,
-                )
-            if source.divergence == "jsd":
-                options["beta"] = source.beta
-            return linear_distillation_loss(
-                hidden,
-                weight,
-                target,
-                bias,
-                divergence=source.divergence,
-                standardize=source.standardize,
-                **options,
-            )
-        if isinstance(source, PreviousModel):
-            if previous_probs is None:
-                raise ValueError("PreviousModel needs previous_probs, got previous_probs=None")
-            return linear_self_correction_loss(
-                hidden, weight, target, bias, previous=previous_probs, alpha=source.alpha, **options
-            )
-        if isinstance(source, ClassPrior):
-            if not source.has_prior:
+            if teacher_logits is None and (teacher_hidden is None or teacher_weight is None):
                 raise ValueError(
-                    "ClassPrior has no prior: pass prior= or counts=, or call "
-                    "set_class_counts(counts) / set_prior(counts_or_prior) first"
+                    f"{name} needs the teacher's head (teacher_hidden and teacher_weight, and "
+                    "teacher_bias if it has one) or its logits (teacher_logits: dense (..., V) "
+                    "or a TopKLogits)"
                 )
-            return linear_label_smoothing_loss(
-                hidden,
-                weight,
-                target,
-                bias,
-                smoothing=source.smoothing,
-                prior=source.prior,
-                **options,
-            )
-        if isinstance(source, UniformPrior):
-            return linear_label_smoothing_loss(
-                hidden, weight, target, bias, smoothing=source.smoothing, **options
-            )
-        return linear_cross_entropy_loss(hidden, weight, target, bias, **options)
+            reference = teacher_logits
+            if reference is None:
+                reference = teacher_head(teacher_hidden, teacher_weight, teacher_bias)
+            else:
+                check_reference_given(source, reference)
+        else:
+            if head_given or teacher_logits is not None:
+                given = head_given or ["teacher_logits"]
+                raise ValueError(f"{name} takes no teacher head, got {', '.join(given)}")
+            reference = previous_probs
+            if previous_probs is not None and source.reference != "previous_probs":
+                raise ValueError(
+                    f"{name} takes no previous_probs, got a tensor of shape "
+                    f"{tuple(previous_probs.shape)}"
+                )
+            if source.reference == "previous_probs" and previous_probs is None:
+                raise ValueError(f"{name} needs previous_probs, got previous_probs=None")
+        return spec_head_loss(
+            hidden,
+            weight,
+            target,
+            bias,
+            source.spec(),
+            reference,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            class_weight=self.weight,
+            chunk_rows=self.chunk_rows,
+            name=name,
+        )
 
     def forward_model(
         self,
@@ -213,12 +159,12 @@ class LinearSoftTargetLoss(nn.Module):
         features, head = split_head(model, "model")
         kwargs: dict[str, Tensor | None] = {"previous_probs": previous_probs}
         if teacher is not None:
-            teacher_features, teacher_head = split_head(teacher, "teacher")
+            teacher_features, teacher_head_layer = split_head(teacher, "teacher")
             with torch.no_grad():
                 kwargs["teacher_hidden"] = teacher_features(x)
-            kwargs["teacher_weight"] = teacher_head.weight.detach()
-            if teacher_head.bias is not None:
-                kwargs["teacher_bias"] = teacher_head.bias.detach()
+            kwargs["teacher_weight"] = teacher_head_layer.weight.detach()
+            if teacher_head_layer.bias is not None:
+                kwargs["teacher_bias"] = teacher_head_layer.bias.detach()
         return self(features(x), head.weight, target, head.bias, **kwargs)
 
     def extra_repr(self) -> str:

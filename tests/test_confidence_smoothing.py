@@ -10,10 +10,8 @@ from loss_reference import SHAPES, TOL, K, assert_same_values_and_grads, masked_
 
 from softlabel import SoftTargetLoss
 from softlabel.functional import confidence_smoothing_loss
-from softlabel.functional.adaptive_smoothing import (
-    _ConfidenceSmoothing,
-    confidence_smoothing_eps,
-)
+from softlabel.functional.adaptive_smoothing import confidence_smoothing_eps
+from softlabel.kernels import fused_soft_target_loss
 from softlabel.schedules import Linear
 from softlabel.targets import ConfidenceSmoothing
 
@@ -130,15 +128,25 @@ def test_chunked_rows_do_not_depend_on_the_chunk_size():
     index = torch.randint(0, K, (11,))
     valid = torch.rand(11) > 0.2
     cotangent = torch.rand(11, dtype=torch.float64)
-    cap = (K - 1) / K - 0.2
-    whole, eps = _ConfidenceSmoothing.apply(logits, index, valid, cap, 2.0, 11)
+    target = index.masked_fill(~valid, -100)
+
+    def per_row(rows):
+        return fused_soft_target_loss(
+            logits, target, mode="confidence", margin=0.2, power=2.0, chunk_rows=rows
+        )
+
+    whole = per_row(11)
     (grad_whole,) = torch.autograd.grad(whole, logits, cotangent)
+    eps = confidence_smoothing_eps(logits, target, 0.2, 2.0)
     for rows in (1, 3):
-        chunked, chunked_eps = _ConfidenceSmoothing.apply(logits, index, valid, cap, 2.0, rows)
+        chunked = per_row(rows)
         (grad,) = torch.autograd.grad(chunked, logits, cotangent)
         torch.testing.assert_close(chunked, whole, **TOL[torch.float64])
-        torch.testing.assert_close(chunked_eps, eps, **TOL[torch.float64])
         torch.testing.assert_close(grad, grad_whole, **TOL[torch.float64])
+    expected = torch.where(
+        valid, _eps(logits, index, 0.2, 2.0), torch.zeros(11, dtype=torch.float64)
+    )
+    torch.testing.assert_close(eps, expected, **TOL[torch.float64])
 
 
 def test_ignored_rows_may_hold_nan_and_all_ignored_is_zero():

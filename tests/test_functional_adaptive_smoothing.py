@@ -9,7 +9,7 @@ from loss_reference import SHAPES, TOL, K, assert_same_values_and_grads, masked_
 
 from softlabel import SoftTargetLoss
 from softlabel.functional import margin_smoothing_loss
-from softlabel.functional.adaptive_smoothing import margin_penalty
+from softlabel.kernels import fused_soft_target_loss
 from softlabel.schedules import Linear
 from softlabel.targets import MarginSmoothing
 
@@ -37,6 +37,15 @@ def test_matches_written_out_formula(dtype, shape, reduction, weighted):
     ours = margin_smoothing_loss(logits, target, 4.0, 0.3, reduction=reduction, weight=weight)
     reference = _reference(logits, target, 4.0, 0.3, reduction, weight)
     assert_same_values_and_grads(ours, reference, [logits], dtype)
+
+
+def margin_penalty(logits, margin, chunk_rows=None):
+    """The penalty alone through the engine's mode: the loss with penalty 1 minus the CE."""
+    target = torch.zeros(logits.shape[0], dtype=torch.long)
+    loss = fused_soft_target_loss(
+        logits, target, mode="margin", margin=margin, penalty=1.0, chunk_rows=chunk_rows
+    )
+    return loss - fused_soft_target_loss(logits, target, mode="hard", chunk_rows=chunk_rows)
 
 
 def test_chunked_penalty_does_not_depend_on_the_chunk_size():

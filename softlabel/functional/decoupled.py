@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from softlabel.functional._fused import fused_per_position
-from softlabel.functional._reduction import _reduce
-from softlabel.functional._validation import (
-    check_loss_weight,
-    check_reduction,
-    check_teacher,
-    check_temperature,
-    prepare,
-)
+from softlabel.functional._engine import spec_loss
+from softlabel.kernels.checks import check_loss_weight, check_temperature
+from softlabel.kernels.spec import LossSpec
+
+
+def decoupled_distillation_spec(temperature, alpha, beta, ce_weight) -> LossSpec:
+    """The ``dkd`` spec of these settings, each checked by its rule."""
+    return LossSpec(
+        "dkd",
+        {
+            "temperature": check_temperature(temperature),
+            "tckd_weight": check_loss_weight("alpha", alpha),
+            "nckd_weight": check_loss_weight("beta", beta),
+            "ce_weight": check_loss_weight("ce_weight", ce_weight),
+        },
+    )
 
 
 def decoupled_distillation_loss(
@@ -43,46 +50,21 @@ def decoupled_distillation_loss(
     logit per position the non-target part is a single class, so NCKD is 0 and TCKD is the
     Bernoulli KL of plain KD (use ``distillation_loss(binary=True)``).
     """
-    check_reduction(reduction)
-    temperature = check_temperature(temperature)
-    alpha = check_loss_weight("alpha", alpha)
-    beta = check_loss_weight("beta", beta)
-    ce_weight = check_loss_weight("ce_weight", ce_weight)
+    spec = decoupled_distillation_spec(temperature, alpha, beta, ce_weight)
     if target is None:
         raise ValueError(
             "target is required for decoupled_distillation_loss: TCKD and NCKD split the "
             "classes at the target class, got target=None"
         )
-    positions = prepare(
+    return spec_loss(
         student_logits,
         target,
+        spec,
+        teacher_logits,
         ignore_index=ignore_index,
+        reduction=reduction,
         weight=weight,
-        logits_name="student_logits",
         binary=binary,
-    )
-    if positions.binary:
-        raise ValueError(
-            "decoupled_distillation_loss has no binary form: with one logit per position the "
-            "non-target part is a single class, so NCKD is 0 and TCKD is plain KD's Bernoulli "
-            "KL; use distillation_loss(binary=True)"
-        )
-    if positions.probs is not None:
-        raise ValueError(
-            "decoupled_distillation_loss needs class indices of shape "
-            f"{tuple(student_logits.shape[:-1])}: TCKD and NCKD split the classes at the target "
-            f"class, got class probabilities of shape {tuple(target.shape)}"
-        )
-    teacher = check_teacher(teacher_logits, student_logits)
-    per_position = fused_per_position(
-        student_logits,
-        positions,
-        "dkd",
         logits_name="student_logits",
-        teacher=teacher,
-        temperature=temperature,
-        tckd_weight=alpha,
-        nckd_weight=beta,
-        ce_weight=ce_weight,
+        name="decoupled_distillation_loss",
     )
-    return _reduce(per_position, positions.mask, positions.sample_weight, reduction)

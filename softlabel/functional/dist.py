@@ -9,34 +9,31 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from softlabel.functional._engine import multiclass_per_position
 from softlabel.functional._reduction import _reduce
-from softlabel.functional._validation import (
+from softlabel.kernels.checks import (
     _as_float,
     check_alpha,
     check_finite_rows,
+    check_loss_weight,
     check_reduction,
+    check_target_needed,
     check_teacher,
     check_temperature,
     compute_dtype,
     prepare,
 )
-from softlabel.functional.cross_entropy import _per_position_cross_entropy
-
-
-def check_relation_weight(name: str, value: Any) -> float:
-    """A finite weight >= 0 (DIST's beta and gamma)."""
-    number = _as_float(name, value)
-    if not (math.isfinite(number) and number >= 0.0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return number
+from softlabel.kernels.spec import LossSpec
 
 
 def check_beta(beta: Any) -> float:
-    return check_relation_weight("beta", beta)
+    """DIST's weight of the inter-class term: a finite number >= 0."""
+    return check_loss_weight("beta", beta)
 
 
 def check_gamma(gamma: Any) -> float:
-    return check_relation_weight("gamma", gamma)
+    """DIST's weight of the intra-class term: a finite number >= 0."""
+    return check_loss_weight("gamma", gamma)
 
 
 def _check_eps(eps: Any) -> float:
@@ -88,11 +85,7 @@ def dist_loss(
     beta = check_beta(beta)
     gamma = check_gamma(gamma)
     eps = _check_eps(eps)
-    if target is None and alpha < 1.0:
-        raise ValueError(
-            f"target=None is only allowed with alpha=1 (pure distillation), got alpha={alpha}; "
-            "pass target for the hard cross-entropy term"
-        )
+    check_target_needed(target, alpha)
     positions = prepare(
         student_logits,
         target,
@@ -120,9 +113,15 @@ def dist_loss(
     per_position = p.new_zeros(mask.shape).index_put((rows,), soft_rows)
     per_position = per_position.view(positions.mask.shape)
     if alpha < 1.0:
-        hard = _per_position_cross_entropy(student_logits, positions).to(dtype)
+        hard = multiclass_per_position(
+            student_logits, positions, LossSpec("hard"), None, "student_logits", "dist_loss"
+        ).to(dtype)
         per_position = (1.0 - alpha) * hard + per_position
         row_local = row_local + (1.0 - alpha) * hard.detach().reshape(-1)
+    # teacher logits must be finite (one rule for every source): a -inf leaves the
+    # correlation finite, so the rows are checked by their sums (one pass, O(N) on the error)
+    finite = torch.isfinite(teacher.reshape(-1, k).sum(dim=1)) | ~mask
+    row_local = torch.where(finite, row_local, torch.full_like(row_local, float("nan")))
     check_finite_rows(
         row_local.detach().view(positions.mask.shape),
         {"student_logits": student_logits, "teacher_logits": teacher},

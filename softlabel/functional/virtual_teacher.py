@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from softlabel.functional._validation import (
-    _as_float,
-    check_alpha,
-    check_reduction,
-    check_temperature,
-    prepare,
-)
-from softlabel.functional.distillation import distillation_loss
+from softlabel.functional._engine import spec_loss
+from softlabel.kernels.checks import _as_float, check_alpha, check_correct_prob, check_temperature
+from softlabel.kernels.modes.virtual_teacher import virtual_teacher_logits_into
+from softlabel.kernels.spec import LossSpec
 
-
-def check_correct_prob(correct_prob: Any, num_classes: int | None = None) -> float:
-    """``correct_prob`` in (1/K, 1), or in (0, 1) while K is not known yet."""
-    value = _as_float("correct_prob", correct_prob)
-    low = 0.0 if num_classes is None else 1.0 / num_classes
-    if not low < value < 1.0:
-        allowed = (
-            "(0, 1)" if num_classes is None else f"(1/K, 1) = ({low:.6g}, 1) for K={num_classes}"
-        )
-        raise ValueError(f"correct_prob must be in {allowed}, got {correct_prob!r}")
-    return value
+__all__ = ["check_correct_prob", "virtual_teacher_logits", "virtual_teacher_loss"]
 
 
 def virtual_teacher_logits(
@@ -38,10 +21,10 @@ def virtual_teacher_logits(
 
     ``target`` holds valid class indices (ignored positions replaced by any class).
     """
-    a = correct_prob
-    other = math.log((1.0 - a) / (num_classes - 1))
-    teacher = torch.full((*target.shape, num_classes), other, dtype=like.dtype, device=like.device)
-    return teacher.scatter_(-1, target.unsqueeze(-1), math.log(a))
+    out = torch.empty((*target.shape, num_classes), dtype=like.dtype, device=like.device)
+    flat = out.view(-1, num_classes)
+    virtual_teacher_logits_into(target.reshape(-1, 1), correct_prob, flat)
+    return out
 
 
 def virtual_teacher_loss(
@@ -64,36 +47,26 @@ def virtual_teacher_loss(
     ``log q``, so ``softmax(log q / T)`` puts ``a^(1/T) / Z`` on y and ``b^(1/T) / Z`` on the
     others (``b = (1 - a)/(K - 1)``, ``Z = a^(1/T) + (K - 1) b^(1/T)``). ``a`` must lie in
     (1/K, 1). Binary (one logit): teacher logit ``+-log(a / (1 - a))``, a in (1/2, 1).
-    ``target`` holds class indices (the teacher is built from them). Memory: the teacher
-    logits are one ``(..., K)`` tensor in the compute dtype, the size of a real teacher's.
+    ``target`` holds class indices (the teacher is built from them). Memory: the teacher's
+    rows are made chunk by chunk (mode ``virtual_teacher``), never as an (..., K) tensor.
     """
-    check_reduction(reduction)
-    temperature = check_temperature(temperature)
-    alpha = check_alpha(alpha)
+    spec = LossSpec(
+        "virtual_teacher",
+        {
+            "correct_prob": _as_float("correct_prob", correct_prob),  # checked with K
+            "temperature": check_temperature(temperature),
+            "alpha": check_alpha(alpha),
+        },
+    )
     if target is None:
         raise ValueError("virtual_teacher_loss builds its teacher from target: got target=None")
-    positions = prepare(logits, target, ignore_index=ignore_index, weight=weight, binary=binary)
-    if positions.index is None:
-        raise ValueError(
-            "virtual_teacher_loss needs class indices as target (the virtual teacher is built "
-            f"from them), got class probabilities of shape {tuple(target.shape)}"
-        )
-    num_classes = 2 if positions.binary else positions.num_classes
-    a = check_correct_prob(correct_prob, num_classes)
-    if positions.binary:
-        sign = positions.index.to(positions.dtype) * 2 - 1
-        teacher = sign * math.log(a / (1.0 - a))
-    else:
-        like = logits.new_empty((), dtype=positions.dtype)
-        teacher = virtual_teacher_logits(positions.index, num_classes, a, like)
-    return distillation_loss(
+    return spec_loss(
         logits,
-        teacher,
         target,
-        temperature,
-        alpha,
+        spec,
         ignore_index=ignore_index,
         reduction=reduction,
         weight=weight,
         binary=binary,
+        name="virtual_teacher_loss",
     )

@@ -20,6 +20,7 @@ mean over processes.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -48,12 +49,14 @@ def next_tokens(labels: Tensor) -> Tensor:
     return labels[:, 1:]
 
 
-def _overrides(source: Any, hook: str) -> bool:
-    """Whether ``source`` implements ``hook`` itself (not the base class's no-op)."""
-    from softlabel.targets import TargetSource
+_WARNED: set[str] = set()
 
-    method = getattr(type(source), hook, None)
-    return method is not None and method is not getattr(TargetSource, hook)
+
+def _warn_once(message: str) -> None:
+    """A warning shown once per process and message."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 class CausalLMModule(SoftLabelModule):
@@ -90,7 +93,6 @@ class CausalLMModule(SoftLabelModule):
             num_classes=int(vocab_size),
         )
         from softlabel import LinearSoftTargetLoss, SoftTargetLoss
-        from softlabel.linear_loss import _SUPPORTED
 
         self.task = "causal_lm"
         self.vocab_size = int(vocab_size)
@@ -100,15 +102,19 @@ class CausalLMModule(SoftLabelModule):
         self.test_metrics = metrics.clone(prefix="test/")
         source = loss.source
         self.sum_loss = SoftTargetLoss(source, ignore_index=IGNORE_INDEX, reduction="sum")
-        self.observes = _overrides(source, "on_train_batch_end")
-        teacher = self._live_teacher()
+        self.observes = source.observes
         usable = (
             bool(linear_head)
-            and isinstance(source, _SUPPORTED)
+            and source.linear_head
             and getattr(student, "linear_head", False)
-            and not self.observes
-            and (source.reference != "teacher_logits" or teacher is not None)
+            and self._teacher_rows_available(source)
         )
+        if linear_head and getattr(student, "linear_head", False) and not source.linear_head:
+            _warn_once(
+                f"target {source.name}: the loss runs on materialized (B, L, V) logits, not "
+                "through the linear head, because "
+                + (source.fallback or "the source reads each training batch's logits")
+            )
         self.linear_loss = (
             LinearSoftTargetLoss(
                 source, ignore_index=IGNORE_INDEX, reduction="sum", chunk_rows=chunk_rows
@@ -117,6 +123,15 @@ class CausalLMModule(SoftLabelModule):
             else None
         )
         self._step_tokens: Tensor | None = None
+
+    def _teacher_rows_available(self, source: Any) -> bool:
+        """Whether the teacher reaches the linear-head loss: a live teacher with a head, or a
+        cache (dense logits or a top-k reference); always for sources without a teacher."""
+        if source.reference != "teacher_logits":
+            return True
+        if self._live_teacher() is not None:
+            return source.accepts("head")
+        return not isinstance(self.reference_provider, FrozenModelProvider)
 
     def _live_teacher(self) -> nn.Module | None:
         """The frozen teacher model when it can give hidden states and a head."""
@@ -150,9 +165,10 @@ class CausalLMModule(SoftLabelModule):
             head = self.student.head
             hidden = shift_for_causal_lm(self.student.features(input_ids))
             extra: dict[str, Any] = {}
-            if source_ref == "teacher_logits":
-                teacher = self._live_teacher()
-                assert teacher is not None
+            teacher = self._live_teacher() if source_ref == "teacher_logits" else None
+            if source_ref == "teacher_logits" and teacher is None:  # a cache: dense or top-k
+                extra["teacher_logits"] = self._reference(input_ids, index)
+            elif source_ref == "teacher_logits":
                 with torch.no_grad():
                     extra["teacher_hidden"] = shift_for_causal_lm(teacher.features(input_ids))
                 t_head = teacher.head

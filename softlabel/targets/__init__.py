@@ -1,7 +1,14 @@
-"""Target sources: each defines ``w`` and ``soft_term`` in
-``loss = (1 - w) * hard_CE + w * soft_term`` and holds its hyper-parameters as schedules."""
+"""Target sources: one soft-label method each, behind the one ``SoftTargetLoss``.
 
-from softlabel.functional.topk import TopKLogits
+A source holds its method's hyper-parameters (numbers or schedules of training progress)
+and says what it needs and can do (``TargetSource``: its engine mode and spec, the reference
+it reads, binary and linear-head support). Every loss is the method's own formula, given in
+its class docstring and in docs/losses.md: some are ``(1 - w) hard + w soft`` (LS, KD,
+ReLoop, Tf-KD), others are not (DKD's weighted TCKD and NCKD, label relaxation's KL to a
+credal set, MbLS's margin penalty, DIST's correlations).
+"""
+
+from softlabel.kernels.references import TopKLogits
 from softlabel.targets._base import TargetSource
 from softlabel.targets.adaptive_smoothing import ConfidenceSmoothing, MarginSmoothing
 from softlabel.targets.decoupled import DecoupledTeacher

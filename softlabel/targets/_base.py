@@ -1,4 +1,21 @@
-"""Base class of the target sources: hyper-parameters as schedules of training progress."""
+"""Base class of the target sources: a method's settings as schedules, and what it can do.
+
+A target source is one soft-label method: it holds its hyper-parameters (numbers or
+schedules of training progress, checked where they are set) and tells the loss modules and
+the apps what they need, so that they dispatch without knowing the method:
+
+- ``mode``: the engine mode computing its loss (``softlabel.kernels.modes``), or None with a
+  ``fallback`` reason when the loss is not row-wise (then ``loss`` computes it on
+  materialized logits);
+- ``spec()``: the engine's ``LossSpec`` at the current progress;
+- ``reference``: what it reads besides the target (None, "teacher_logits",
+  "previous_probs"); ``accepts(kind)``: which teacher references ("logits", "head",
+  "topk");
+- ``binary``: whether it has a form for binary tasks (one logit per position);
+- ``linear_head``: whether ``LinearSoftTargetLoss`` can run it from a linear head's hidden
+  states without logits; ``observes``: whether it reads each training batch's logits
+  (``on_train_batch_end``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +24,10 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from softlabel.functional._validation import check_alpha, check_smoothing, check_temperature
+from softlabel.functional._engine import spec_loss
+from softlabel.kernels.checks import check_alpha, check_smoothing, check_temperature
+from softlabel.kernels.modes import MODES
+from softlabel.kernels.spec import LossSpec
 from softlabel.schedules import Schedule, as_schedule, check_progress
 
 HyperParameter = float | Schedule | Mapping[str, Any]
@@ -30,7 +50,7 @@ class hyper_parameter:  # noqa: N801 (used like @property)
 
 
 class TargetSource:
-    """Defines ``w`` and ``soft_term`` in ``loss = (1 - w) * hard_CE + w * soft_term``.
+    """One soft-label method: its hyper-parameters and capabilities (see the module).
 
     Hyper-parameters are numbers, schedules or ``{"kind": ...}`` mappings; their values are
     validated when read (and at construction, at progress 0 and 1).
@@ -38,6 +58,11 @@ class TargetSource:
 
     name: ClassVar[str] = "source"
     reference: ClassVar[str | None] = None
+    #: the engine mode of the loss (``softlabel.kernels.modes.MODES``), or None
+    mode: ClassVar[str | None] = None
+    #: why the method has no engine mode (its loss is not a sum of per-row terms); shown in
+    #: the docs and in a one-time warning where a linear-head path falls back to logits
+    fallback: ClassVar[str | None] = None
     #: Checks of this source's own hyper-parameters (name -> check returning the float),
     #: consulted before the shared ones (smoothing, alpha, temperature).
     checks: ClassVar[Mapping[str, Callable[[Any], float]]] = {}
@@ -63,6 +88,47 @@ class TargetSource:
     def _value(self, key: str) -> float:
         return self._checked(key, self._schedules[key], self._progress)
 
+    # ----------------------------------------------------------------- capabilities
+    @property
+    def binary(self) -> bool:
+        """Whether the method has a form for binary tasks (one logit per position)."""
+        return self.mode is not None and MODES[self.mode].has_binary
+
+    @property
+    def linear_head(self) -> bool:
+        """Whether ``LinearSoftTargetLoss`` runs this source from hidden states and a head
+        (an engine mode, and no statistics of each batch's logits)."""
+        return self.mode is not None and not self.observes
+
+    @property
+    def observes(self) -> bool:
+        """Whether the source reads each training batch's logits (``on_train_batch_end``)."""
+        return type(self).on_train_batch_end is not TargetSource.on_train_batch_end
+
+    def accepts(self, kind: str) -> bool:
+        """Whether the source reads a teacher reference of ``kind``: "logits" (dense),
+        "head" (a live teacher's linear head) or "topk" (a ``TopKLogits``)."""
+        if self.mode is None:
+            return kind == "logits" and self.reference == "teacher_logits"
+        return kind in MODES[self.mode].teacher
+
+    def spec(self) -> LossSpec:
+        """The engine's spec at the current progress (sources with a ``mode``)."""
+        if self.mode is None:
+            raise TypeError(
+                f"{type(self).__name__} has no engine mode ({self.fallback}); compute its loss "
+                "with loss(logits, target, reference)"
+            )
+        return LossSpec(self.mode, self._spec_params(), prior=self._spec_prior())
+
+    def _spec_params(self) -> dict[str, Any]:
+        """The mode's settings at the current progress (default: the hyper-parameters)."""
+        return self.values()
+
+    def _spec_prior(self) -> Tensor | None:
+        return None
+
+    # ----------------------------------------------------------------- progress
     @property
     def progress(self) -> float:
         """Training progress in [0, 1] last given to ``set_progress``."""
@@ -89,11 +155,12 @@ class TargetSource:
         ``reduce_sum(t)`` returns ``t`` summed over the ranks (None: one process, or
         ``torch.distributed`` when initialised). Does nothing by default."""
 
+    # ----------------------------------------------------------------- loss
     def loss(
         self,
         logits: Tensor,
         target: Tensor | None,
-        reference: Tensor | None = None,
+        reference: Any = None,
         *,
         ignore_index: int = -100,
         reduction: str = "mean",
@@ -117,9 +184,18 @@ class TargetSource:
         )
 
     def _loss(
-        self, logits: Tensor, target: Tensor | None, reference: Tensor | None, **options: Any
+        self, logits: Tensor, target: Tensor | None, reference: Any, **options: Any
     ) -> Tensor:
-        raise NotImplementedError
+        """The engine's loss of ``spec()`` (sources without a mode override this)."""
+        return spec_loss(
+            logits,
+            target,
+            self.spec(),
+            reference,
+            logits_name="student_logits" if self.reference == "teacher_logits" else "logits",
+            name=type(self).__name__,
+            **options,
+        )
 
     def __repr__(self) -> str:
         arguments = ", ".join(f"{key}={value!r}" for key, value in self._schedules.items())

@@ -3,17 +3,11 @@ eps per position (AdaLabel; Wang et al., ACL 2021)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import Tensor
-
-from softlabel.functional.adaptive_smoothing import (
+from softlabel.kernels.checks import (
     check_confidence_margin,
     check_margin,
     check_penalty,
     check_power,
-    confidence_smoothing_loss,
-    margin_smoothing_loss,
 )
 from softlabel.targets._base import HyperParameter, TargetSource, hyper_parameter
 
@@ -23,22 +17,19 @@ class MarginSmoothing(TargetSource):
 
     Label smoothing whose strength adapts to each sample's confidence: only logit distances
     to the top logit larger than ``margin`` are penalised (Liu et al., "The Devil is in the
-    Margins", CVPR 2022). Needs no reference. See ``margin_smoothing_loss``.
+    Margins", CVPR 2022). Needs no reference (mode ``margin``). See
+    ``margin_smoothing_loss``.
     """
 
     name = "ls_adaptive"
     reference = None
+    mode = "margin"
     checks = {"margin": check_margin, "penalty": check_penalty}
     margin = hyper_parameter()
     penalty = hyper_parameter()
 
     def __init__(self, margin: HyperParameter = 10.0, penalty: HyperParameter = 0.1) -> None:
         super().__init__(margin=margin, penalty=penalty)
-
-    def _loss(self, logits: Tensor, target: Tensor, reference: None, **options: Any) -> Tensor:
-        if options.pop("binary", None):
-            raise ValueError("MarginSmoothing needs multiclass logits (..., K), got binary=True")
-        return margin_smoothing_loss(logits, target, self.margin, self.penalty, **options)
 
 
 class ConfidenceSmoothing(TargetSource):
@@ -47,21 +38,16 @@ class ConfidenceSmoothing(TargetSource):
     ``eps_i = (p_y / p_max) ** power * min(1 - p_max, (K - 1) / K - margin)`` from the detached
     prediction, ``v`` uniform over the other classes: AdaLabel's adaptive eps (Wang et al.,
     "Diversifying Dialog Generation via Adaptive Label Smoothing", ACL 2021) with a uniform
-    smoothing distribution. Needs no reference. See ``confidence_smoothing_loss``.
+    smoothing distribution. Needs no reference (mode ``confidence``). See
+    ``confidence_smoothing_loss``.
     """
 
     name = "ls_confidence"
     reference = None
+    mode = "confidence"
     checks = {"margin": check_confidence_margin, "power": check_power}
     margin = hyper_parameter()
     power = hyper_parameter()
 
     def __init__(self, margin: HyperParameter = 0.2, power: HyperParameter = 2.0) -> None:
         super().__init__(margin=margin, power=power)
-
-    def _loss(self, logits: Tensor, target: Tensor, reference: None, **options: Any) -> Tensor:
-        if options.pop("binary", None):
-            raise ValueError(
-                "ConfidenceSmoothing needs multiclass logits (..., K), got binary=True"
-            )
-        return confidence_smoothing_loss(logits, target, self.margin, self.power, **options)

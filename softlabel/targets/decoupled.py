@@ -5,10 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, ClassVar
 
-from torch import Tensor
-
-from softlabel.functional import decoupled_distillation_loss
-from softlabel.functional._validation import check_loss_weight
+from softlabel.kernels.checks import check_loss_weight
 from softlabel.schedules import Constant, Schedule, Step
 from softlabel.targets._base import HyperParameter, TargetSource, hyper_parameter
 
@@ -36,11 +33,12 @@ class DecoupledTeacher(TargetSource):
     ``ce_weight`` are weights >= 0 (alpha 1, beta 8 by default, as mdistiller's DKD config).
     mdistiller's warm-up multiplies alpha and beta by min(epoch / 20, 1), epochs counted from 1:
     give ``alpha=warmup_schedule(1.0, epochs=E)`` and ``beta=warmup_schedule(8.0, epochs=E)``.
-    ``reference`` is the teacher's logits, of the student's shape.
+    ``reference`` is the teacher's logits, of the student's shape (mode ``dkd``).
     """
 
     name = "dkd"
     reference = "teacher_logits"
+    mode = "dkd"
     checks: ClassVar = {
         "alpha": partial(check_loss_weight, "alpha"),
         "beta": partial(check_loss_weight, "beta"),
@@ -60,14 +58,10 @@ class DecoupledTeacher(TargetSource):
     ) -> None:
         super().__init__(temperature=temperature, alpha=alpha, beta=beta, ce_weight=ce_weight)
 
-    def _loss(self, logits: Tensor, target: Tensor, reference: Tensor, **options: Any) -> Tensor:
-        return decoupled_distillation_loss(
-            logits,
-            reference,
-            target,
-            self.temperature,
-            self.alpha,
-            self.beta,
-            self.ce_weight,
-            **options,
-        )
+    def _spec_params(self) -> dict[str, Any]:
+        return {
+            "temperature": self.temperature,
+            "tckd_weight": self.alpha,
+            "nckd_weight": self.beta,
+            "ce_weight": self.ce_weight,
+        }

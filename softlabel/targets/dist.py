@@ -23,6 +23,11 @@ class DIST(TargetSource):
 
     name = "dist"
     reference = "teacher_logits"
+    mode = None
+    fallback = (
+        "its intra-class term correlates each class's probabilities over the whole batch, so "
+        "the loss is not a sum of per-row terms"
+    )
     checks = {"beta": check_beta, "gamma": check_gamma}
     temperature = hyper_parameter()
     alpha = hyper_parameter()

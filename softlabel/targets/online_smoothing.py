@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from softlabel.functional import label_smoothing_loss
+from softlabel.functional._engine import spec_loss
+from softlabel.kernels.spec import LossSpec
 from softlabel.targets._base import HyperParameter, TargetSource, hyper_parameter
 
 
@@ -42,6 +43,7 @@ class OnlineLabelSmoothing(TargetSource, nn.Module):
 
     name = "ols"
     reference = None
+    mode = "ls"
     smoothing = hyper_parameter()
 
     def __init__(self, smoothing: HyperParameter = 0.5, num_classes: int | None = None) -> None:
@@ -179,6 +181,17 @@ class OnlineLabelSmoothing(TargetSource, nn.Module):
             self._cached = cached = self._prior.to(device=like.device, dtype=dtype)
         return cached
 
+    @property
+    def binary(self) -> bool:
+        """Multiclass only: the statistics are per class."""
+        return False
+
+    def _spec_params(self) -> dict[str, Any]:
+        return {"eps": self.smoothing}
+
+    def _spec_prior(self) -> Tensor | None:
+        return self._prior  # None: uniform (the first epoch)
+
     def _loss(self, logits: Tensor, target: Tensor, reference: None, **options: Any) -> Tensor:
         if options.get("binary"):
             raise ValueError(
@@ -187,8 +200,8 @@ class OnlineLabelSmoothing(TargetSource, nn.Module):
         if logits.dim() >= 1:
             self._set_num_classes(logits.shape[-1])
         self._ignore_index = options.get("ignore_index", -100)
-        prior = self._prior_for(logits)
-        return label_smoothing_loss(logits, target, self.smoothing, prior=prior, **options)
+        spec = LossSpec("ls", {"eps": self.smoothing}, prior=self._prior_for(logits))
+        return spec_loss(logits, target, spec, name="OnlineLabelSmoothing", **options)
 
     def __repr__(self) -> str:
         return (

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import Tensor
-
-from softlabel.functional import self_correction_loss
 from softlabel.targets._base import HyperParameter, TargetSource, hyper_parameter
 
 
 class PreviousModel(TargetSource):
-    """``loss = (1 - alpha) * CE + alpha * max(0, p_prev[y] - p[y])`` (binary: see functional).
+    """``loss = (1 - alpha) * CE + alpha * max(0, p_prev[y] - p[y])`` (ReLoop, Cai et al.,
+    SIGIR 2022; mode ``reloop``; binary: see ``self_correction_loss``).
 
     ``reference`` is the previous model's probabilities: ``(..., K)``, or ``(...)`` = P(y=1)
     for binary.
@@ -19,10 +15,8 @@ class PreviousModel(TargetSource):
 
     name = "reloop"
     reference = "previous_probs"
+    mode = "reloop"
     alpha = hyper_parameter()
 
     def __init__(self, alpha: HyperParameter = 0.5) -> None:
         super().__init__(alpha=alpha)
-
-    def _loss(self, logits: Tensor, target: Tensor, reference: Tensor, **options: Any) -> Tensor:
-        return self_correction_loss(logits, target, reference, self.alpha, **options)

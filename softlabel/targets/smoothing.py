@@ -8,23 +8,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from softlabel.functional import label_smoothing_loss
-from softlabel.functional._validation import PRIOR_TOLERANCE
+from softlabel.kernels.checks import PROBABILITY_TOLERANCE
 from softlabel.targets._base import HyperParameter, TargetSource, hyper_parameter
 
 
 class UniformPrior(TargetSource):
-    """``loss = (1 - eps) * CE(y, p) + eps * H(u, p)`` with u = 1/K (binary: y' = y(1-eps)+eps/2)."""
+    """``loss = (1 - eps) * CE(y, p) + eps * H(u, p)`` with u = 1/K (binary: y' = y(1-eps)+eps/2);
+    label smoothing (Szegedy et al., CVPR 2016), mode ``ls``."""
 
     name = "ls"
     reference = None
+    mode = "ls"
     smoothing = hyper_parameter()
 
     def __init__(self, smoothing: HyperParameter = 0.1) -> None:
         super().__init__(smoothing=smoothing)
 
-    def _loss(self, logits: Tensor, target: Tensor, reference: None, **options: Any) -> Tensor:
-        return label_smoothing_loss(logits, target, self.smoothing, **options)
+    def _spec_params(self) -> dict[str, Any]:
+        return {"eps": self.smoothing}
 
 
 def _as_tensor(name: str, values: Any) -> Tensor:
@@ -75,6 +76,7 @@ class ClassPrior(TargetSource):
 
     name = "ls_prior"
     reference = None
+    mode = "ls"
     smoothing = hyper_parameter()
 
     def __init__(
@@ -94,10 +96,10 @@ class ClassPrior(TargetSource):
         if prior is not None:
             vector = _as_vector("prior", prior, matrix=True)
             sums = vector.sum(dim=-1).reshape(-1)
-            if bool(((sums - 1.0).abs() > PRIOR_TOLERANCE).any()):
+            if bool(((sums - 1.0).abs() > PROBABILITY_TOLERANCE).any()):
                 what = "prior must sum to 1" if vector.dim() == 1 else "prior rows must sum to 1"
                 raise ValueError(
-                    f"{what} (within {PRIOR_TOLERANCE}), got {vector.tolist()}; "
+                    f"{what} (within {PROBABILITY_TOLERANCE}), got {vector.tolist()}; "
                     "pass counts= for unnormalised class counts"
                 )
             self._prior = vector
@@ -122,13 +124,16 @@ class ClassPrior(TargetSource):
         """Set the prior to ``counts / counts.sum()``."""
         self._prior = _normalised("counts", counts)
 
-    def _loss(self, logits: Tensor, target: Tensor, reference: None, **options: Any) -> Tensor:
+    def _spec_params(self) -> dict[str, Any]:
+        return {"eps": self.smoothing}
+
+    def _spec_prior(self) -> Tensor:
         if self._prior is None:
             raise ValueError(
                 "ClassPrior has no prior: pass prior= or counts=, or call "
                 "set_class_counts(counts) / set_prior(counts_or_prior) first"
             )
-        return label_smoothing_loss(logits, target, self.smoothing, prior=self._prior, **options)
+        return self._prior
 
     def __repr__(self) -> str:
         prior: object = None

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import Tensor
-
-from softlabel.functional.virtual_teacher import check_correct_prob, virtual_teacher_loss
+from softlabel.kernels.checks import check_correct_prob
 from softlabel.targets._base import HyperParameter, TargetSource, hyper_parameter
 
 
@@ -15,11 +11,12 @@ class VirtualTeacher(TargetSource):
 
     q puts ``correct_prob`` on the true class and ``(1 - correct_prob)/(K - 1)`` on each
     other class (Yuan et al., CVPR 2020, Tf-KD_reg); ``correct_prob`` must lie in (1/K, 1).
-    Needs no reference. See ``virtual_teacher_loss``.
+    Needs no reference (mode ``virtual_teacher``). See ``virtual_teacher_loss``.
     """
 
     name = "tf_kd"
     reference = None
+    mode = "virtual_teacher"
     checks = {"correct_prob": check_correct_prob}
     correct_prob = hyper_parameter()
     temperature = hyper_parameter()
@@ -32,8 +29,3 @@ class VirtualTeacher(TargetSource):
         alpha: HyperParameter = 0.9,
     ) -> None:
         super().__init__(correct_prob=correct_prob, temperature=temperature, alpha=alpha)
-
-    def _loss(self, logits: Tensor, target: Tensor, reference: None, **options: Any) -> Tensor:
-        return virtual_teacher_loss(
-            logits, target, self.correct_prob, self.temperature, self.alpha, **options
-        )

@@ -1,11 +1,16 @@
-"""Input checks shared by the loss functions.
+"""The one set of input checks: every rule about an argument lives here, once.
 
 Every check raises ValueError (TypeError for a wrong type) naming the argument, the value
-and what is allowed. Checks cost O(N) in the number of positions, never O(N K): class
-indices, binary targets and previous probabilities are checked where they are read, while
-the finiteness of multiclass logits (and teacher logits) is checked on the per-row losses the
-fused kernel computes anyway (``check_finite_rows``), since a NaN or inf logit in a row that
-counts makes that row's loss non-finite. The offending value is only read on the error path.
+and what is allowed. Settings (numbers and flags) are checked where they are set: by the
+public functions of ``softlabel.functional`` and by the target sources (at construction
+and for every value a schedule can take). Tensors are checked once per call, at a cost of
+O(N) in the number of positions, never O(N K): class indices, binary targets and previous
+probabilities where they are read, while the finiteness of multiclass logits (and teacher
+logits) is checked on the per-row losses the engine computes anyway (``check_finite_rows``),
+since a NaN or inf logit in a row that counts makes that row's loss non-finite; probability
+rows by the row minima and sums the engine takes while it reads them
+(``check_probability_rows``). The offending value is only read on the error path. The
+engine (``softlabel.kernels.engine``) checks nothing: it trusts its inputs.
 
 How the task is decided (``binary`` argument of every loss):
 
@@ -19,6 +24,7 @@ How the task is decided (``binary`` argument of every loss):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Real
@@ -27,9 +33,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from softlabel.functional._reduction import REDUCTIONS
+from softlabel.kernels.spec import DIVERGENCES, compute_dtype
 
-PRIOR_TOLERANCE = 1e-4
+#: Reductions of every loss.
+REDUCTIONS = ("mean", "sum", "none")
+
+#: How far a row of class probabilities (probability targets, prior vectors, rows of a prior
+#: matrix) may sum from 1: one tolerance for every such row.
+PROBABILITY_TOLERANCE = 1e-3
 
 #: Largest temperature accepted: T^2 KL(p_t^T || p_s^T) loses precision as T grows (the KL
 #: shrinks as 1/T^2 while its rounding error does not); above 1e3 it is mostly rounding in
@@ -69,11 +80,6 @@ class Positions:
         return self.index.to(self.logits.dtype)
 
 
-def compute_dtype(tensor: Tensor) -> torch.dtype:
-    """float64 stays float64; every other floating dtype (fp16, bf16, fp32) computes in fp32."""
-    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
-
-
 def check_reduction(reduction: str) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
@@ -88,22 +94,56 @@ def _as_float(name: str, value: Any) -> float:
     return float(value)
 
 
-def check_smoothing(smoothing: Any) -> float:
-    value = _as_float("smoothing", smoothing)
+def check_smoothing(smoothing: Any, name: str = "smoothing") -> float:
+    """Label smoothing's eps, in [0, 1)."""
+    value = _as_float(name, smoothing)
     if not 0.0 <= value < 1.0:
-        raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
+        raise ValueError(f"{name} must be in [0, 1), got {smoothing!r}")
     return value
 
 
 def check_alpha(alpha: Any) -> float:
+    """The weight of the soft term (1 - alpha on the hard one), in [0, 1]."""
     value = _as_float("alpha", alpha)
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     return value
 
 
-#: Divergences of ``distillation_loss`` (and ``Teacher``).
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd")
+def check_margin(margin: Any) -> float:
+    """MbLS's logit-distance margin: a finite number >= 0."""
+    return check_loss_weight("margin", margin)
+
+
+def check_penalty(penalty: Any) -> float:
+    """MbLS's penalty weight: a finite number >= 0."""
+    return check_loss_weight("penalty", penalty)
+
+
+def check_confidence_margin(margin: Any) -> float:
+    """AdaLabel's margin below the eps cap, in [0, 1) (and <= (K - 1) / K, checked with K)."""
+    value = _as_float("margin", margin)
+    if not 0.0 <= value < 1.0:  # NaN fails too
+        raise ValueError(f"margin must be in [0, 1), got {margin!r}")
+    return value
+
+
+def check_power(power: Any) -> float:
+    """AdaLabel's exponent of p_y / p_max: a finite number >= 0."""
+    return check_loss_weight("power", power)
+
+
+def check_correct_prob(correct_prob: Any, num_classes: int | None = None) -> float:
+    """Tf-KD's virtual teacher's probability of the true class: in (1/K, 1), or in (0, 1)
+    while K is not known yet."""
+    value = _as_float("correct_prob", correct_prob)
+    low = 0.0 if num_classes is None else 1.0 / num_classes
+    if not low < value < 1.0:
+        allowed = (
+            "(0, 1)" if num_classes is None else f"(1/K, 1) = ({low:.6g}, 1) for K={num_classes}"
+        )
+        raise ValueError(f"correct_prob must be in {allowed}, got {correct_prob!r}")
+    return value
 
 
 def check_divergence(divergence: Any) -> str:
@@ -120,6 +160,62 @@ def check_beta(beta: Any) -> float:
     return value
 
 
+#: Default mixture weight of the JSD and default skew of the skew divergences.
+DEFAULT_BETA = 0.5
+DEFAULT_SKEW = 0.1
+
+_SKEWED = ("skew_forward_kl", "skew_reverse_kl")
+
+
+def check_skew(skew: Any) -> float:
+    """The skew divergences' mixing weight a (DistiLLM), in [0, 1): NaN and inf fail too."""
+    value = _as_float("skew", skew)
+    if not (math.isfinite(value) and 0.0 <= value < 1.0):
+        raise ValueError(f"skew must be a finite number in [0, 1), got {skew!r}")
+    return value
+
+
+def check_divergence_settings(divergence: Any, beta: Any, skew: Any) -> tuple[str, float, float]:
+    """``divergence`` with its own parameter: ``beta`` is read by the JSD only and ``skew`` by
+    the skew divergences only; the other one must keep its default (a value set for a
+    divergence that ignores it is refused rather than silently unused)."""
+    divergence = check_divergence(divergence)
+    beta, skew = check_beta(beta), check_skew(skew)
+    if divergence != "jsd" and beta != DEFAULT_BETA:
+        raise ValueError(
+            f"beta is only used by divergence='jsd', got beta={beta} with divergence={divergence!r}"
+        )
+    if divergence not in _SKEWED and skew != DEFAULT_SKEW:
+        raise ValueError(
+            f"skew is only used by divergence='skew_forward_kl' or 'skew_reverse_kl', got "
+            f"skew={skew} with divergence={divergence!r}"
+        )
+    return divergence, beta, skew
+
+
+def check_target_needed(target: Any, alpha: float) -> None:
+    """A target is needed unless the hard term has weight 0 (``alpha`` = 1)."""
+    if target is None and alpha < 1.0:
+        raise ValueError(
+            f"target=None is only allowed with alpha=1 (pure distillation), got alpha={alpha}; "
+            "pass target for the hard cross-entropy term"
+        )
+
+
+def check_ignore_index(ignore_index: Any) -> int:
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    return ignore_index
+
+
+def check_chunk_rows(chunk_rows: Any) -> int | None:
+    if chunk_rows is not None and (
+        isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1
+    ):
+        raise ValueError(f"chunk_rows must be None or an int >= 1, got {chunk_rows!r}")
+    return chunk_rows
+
+
 def check_flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
@@ -127,7 +223,8 @@ def check_flag(name: str, value: Any) -> bool:
 
 
 def check_loss_weight(name: str, value: Any) -> float:
-    """A finite weight >= 0 (e.g. DKD's alpha, beta and ce_weight)."""
+    """A finite number >= 0 (DKD's alpha, beta and ce_weight, DIST's beta and gamma, MbLS's
+    margin and penalty, AdaLabel's power)."""
     number = _as_float(name, value)
     if not 0.0 <= number < float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -301,8 +398,7 @@ def prepare(
     logits. Without a target (pure distillation) every position counts.
     """
     check_logits(logits_name, logits)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    check_ignore_index(ignore_index)
     is_binary = _decide_binary(logits, target, binary)
     work = logits.to(compute_dtype(logits)) if is_binary else logits
     if is_binary:
@@ -382,10 +478,10 @@ def check_prior(prior: Any, num_classes: int, like: Tensor) -> Tensor:
     if prior.dim() == 1:
         check = prior.to(torch.float64)
         if not (torch.isfinite(check) & (check >= 0)).all() or abs(check.sum().item() - 1.0) > (
-            PRIOR_TOLERANCE
+            PROBABILITY_TOLERANCE
         ):
             raise ValueError(
-                f"prior must be non-negative and sum to 1 (within {PRIOR_TOLERANCE}), got "
+                f"prior must be non-negative and sum to 1 (within {PROBABILITY_TOLERANCE}), got "
                 f"{check.tolist()}"
             )
     else:  # row minima and sums only (NaN fails the minimum, inf the sum): no K x K copies
@@ -393,12 +489,12 @@ def check_prior(prior: Any, num_classes: int, like: Tensor) -> Tensor:
         # sum(dtype=float64) would copy the matrix; half precision is summed in float32
         wide = prior.float() if prior.dtype in (torch.float16, torch.bfloat16) else prior
         row_sum = wide.sum(dim=1).double()
-        bad = ~((row_min >= 0) & ((row_sum - 1.0).abs() <= PRIOR_TOLERANCE))
+        bad = ~((row_min >= 0) & ((row_sum - 1.0).abs() <= PROBABILITY_TOLERANCE))
         if bool(bad.any()):
             row = int(bad.nonzero()[0])
             raise ValueError(
                 f"prior matrix rows must be non-negative and sum to 1 (within "
-                f"{PRIOR_TOLERANCE}); row {row} (class {row}'s smoothing distribution) has "
+                f"{PROBABILITY_TOLERANCE}); row {row} (class {row}'s smoothing distribution) has "
                 f"minimum {row_min[row].item():.6g} and sum {row_sum[row].item():.6g}"
             )
     return prior.to(device=like.device, dtype=compute_dtype(like))
@@ -409,7 +505,19 @@ def check_teacher(teacher_logits: Any, student_logits: Tensor, binary: bool = Fa
     here (O(N)) and cast to the compute dtype; multiclass ones are used as given and their
     finiteness is checked on the per-row loss (``check_finite_rows``)."""
     check_logits("teacher_logits", teacher_logits)
-    if teacher_logits.shape != student_logits.shape:
+    student_shape, teacher_shape = student_logits.shape, teacher_logits.shape
+    if (
+        not binary
+        and teacher_shape != student_shape
+        and teacher_shape[:-1] == student_shape[:-1]
+        and len(teacher_shape) == len(student_shape)
+    ):
+        raise ValueError(
+            f"teacher_logits must score the student's vocabulary (the same classes in the same "
+            f"order): the student's logits {tuple(student_shape)} have {student_shape[-1]} "
+            f"classes, teacher_logits {tuple(teacher_shape)} has {teacher_shape[-1]}"
+        )
+    if teacher_shape != student_shape:
         raise ValueError(
             "teacher_logits must have the student's shape "
             f"{tuple(student_logits.shape)}, got {tuple(teacher_logits.shape)}"
@@ -437,6 +545,19 @@ def check_previous(previous: Any, positions: Positions) -> Tensor:
     if not previous.is_floating_point():
         raise TypeError(f"previous must hold probabilities (floating dtype), got {previous.dtype}")
     expected = positions.logits.shape
+    gathered = (
+        not positions.binary
+        and positions.index is not None
+        and previous.shape == positions.mask.shape
+    )
+    if gathered:  # q_y, already gathered at the class indices
+        previous = previous.detach()
+        used = torch.where(positions.mask, previous, torch.zeros_like(previous))
+        outside = ~((used >= 0) & (used <= 1))
+        if bool(outside.any()):
+            value = used[outside].flatten()[0].item()
+            raise ValueError(f"previous must hold probabilities in [0, 1], got {value}")
+        return used
     if previous.shape != expected:
         what = "P(y=1) per position" if positions.binary else "(..., K) class probabilities"
         raise ValueError(
@@ -462,3 +583,186 @@ def check_previous(previous: Any, positions: Positions) -> Tensor:
     if positions.binary:
         return previous.to(positions.dtype)
     return previous if positions.index is None else used
+
+
+def check_probability_rows(q_min: Tensor, q_sum: Tensor) -> None:
+    """Probability targets, from the row minima and sums taken while reading them: every
+    row >= 0 and summing to 1 within ``PROBABILITY_TOLERANCE`` (NaN and inf fail too)."""
+    ok = (q_min >= 0) & ((q_sum - 1.0).abs() <= PROBABILITY_TOLERANCE)
+    if not bool(ok.all()):
+        row = int((~ok).nonzero()[0])
+        raise ValueError(
+            "target must hold class probabilities (rows >= 0 summing to 1 within "
+            f"{PROBABILITY_TOLERANCE:g}), got a row (position {row} of the flattened positions) "
+            f"with minimum {q_min[row].item():.6g} and sum {q_sum[row].item():.6g}"
+        )
+
+
+def topk_mass_tolerance(k: int) -> float:
+    """How far a top-k reference's ``sum(exp(logprob)) + exp(tail)`` may be from 1: the values
+    may have been stored in 16 bits (float16, bfloat16: unit roundoff u <= 2^-8) and converted
+    since, and rounding log p by u moves p by at most p |log p| u, summing to at most
+    u log(k + 1) (the entropy bound); twice that, plus 1e-4."""
+    return 1e-4 + 2.0**-7 * math.log(k + 1)
+
+
+def check_topk(
+    index: Any, logprob: Any, tail: Any, lead: tuple[int, ...], vocab: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Types, shapes and devices of a top-k reference's fields for positions ``lead`` over a
+    vocabulary of ``vocab`` ids; the ids' range and their uniqueness per position
+    (O(N k log k)). Returns ``(index as int64, logprob, tail)``, detached."""
+    for name, value in (("index", index), ("logprob", logprob), ("tail", tail)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"reference.{name} must be a torch.Tensor, got {type(value).__name__}")
+        if value.device != device:
+            raise ValueError(f"reference.{name} is on {value.device} but the logits on {device}")
+    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+        raise TypeError(f"reference.index must hold integer class ids, got {index.dtype}")
+    for name, value in (("logprob", logprob), ("tail", tail)):
+        if not value.is_floating_point():
+            raise TypeError(f"reference.{name} must have a floating dtype, got {value.dtype}")
+    if index.dim() != len(lead) + 1 or tuple(index.shape[:-1]) != lead:
+        raise ValueError(
+            f"reference.index must have shape (*logits.shape[:-1], k) = {lead + ('k',)}, got "
+            f"{tuple(index.shape)}"
+        )
+    k = index.shape[-1]
+    if not 1 <= k < vocab:
+        raise ValueError(
+            f"reference.index keeps k={k} ids per position; k must be in [1, V - 1] = "
+            f"[1, {vocab - 1}] (with k >= V there is no tail: give the dense teacher logits)"
+        )
+    if logprob.shape != index.shape:
+        raise ValueError(
+            f"reference.logprob must have reference.index's shape {tuple(index.shape)}, got "
+            f"{tuple(logprob.shape)}"
+        )
+    if tuple(tail.shape) != lead:
+        raise ValueError(
+            f"reference.tail must have shape logits.shape[:-1] = {lead}, got {tuple(tail.shape)}"
+        )
+    if index.numel():
+        low, high = int(index.min()), int(index.max())
+        if low < 0 or high >= vocab:
+            bad = ((index < 0) | (index >= vocab)).flatten().nonzero()[0]
+            raise ValueError(
+                f"reference.index must hold class ids in [0, {vocab}), got "
+                f"{index.flatten()[bad].item()} at position {_position(int(bad), index.shape)}"
+            )
+        ordered = index.sort(dim=-1).values
+        repeated = (ordered[..., 1:] == ordered[..., :-1]).any(dim=-1)
+        if bool(repeated.any()):
+            first = int(repeated.flatten().nonzero()[0])
+            raise ValueError(
+                f"reference.index must hold k distinct ids per position, got a repeated id at "
+                f"position {_position(first, repeated.shape)}"
+            )
+    return index.long(), logprob.detach(), tail.detach()
+
+
+def check_topk_buckets(buckets: Tensor, mask: Tensor, strict_support: str | None) -> None:
+    """The teacher's k + 1 bucket log-probabilities ``[logprob, tail]`` (..., k + 1) at the
+    positions that count (``mask``): no NaN and none above 0 (a log-probability; -inf is
+    probability 0), the buckets summing to 1 within ``topk_mass_tolerance``, and, when
+    ``strict_support`` names a divergence that is infinite where the teacher gives probability
+    0 (reverse KL), no bucket of probability 0. O(N k)."""
+    k = buckets.shape[-1] - 1
+
+    def first_bad(bad_entries: Tensor) -> tuple[int, int] | None:
+        bad = bad_entries.any(dim=-1) & mask
+        if not bool(bad.any()):
+            return None
+        first = int(bad.flatten().nonzero()[0])
+        return first, int(bad_entries.reshape(-1, k + 1)[first].nonzero()[0])
+
+    def named(column: int) -> str:
+        return f"reference.logprob[..., {column}]" if column < k else "reference.tail"
+
+    found = first_bad(torch.isnan(buckets))
+    if found is not None:
+        first, column = found
+        raise ValueError(
+            f"{named(column)} must be a log-probability, got NaN at position "
+            f"{_position(first, mask.shape)}"
+        )
+    tolerance = topk_mass_tolerance(k)
+    total = torch.logsumexp(buckets, dim=-1).exp()
+    off = ~((total - 1.0).abs() <= tolerance) & mask
+    if bool(off.any()):
+        first = int(off.flatten().nonzero()[0])
+        raise ValueError(
+            f"reference: sum(exp(logprob)) + exp(tail) must be 1 (within {tolerance:.2g}, the "
+            f"rounding of 16-bit storage), got {total.flatten()[first].item():.6g} at position "
+            f"{_position(first, off.shape)}; logprob must be the teacher's log-probabilities at "
+            "T = 1 and tail the log of the rest"
+        )
+    found = first_bad(buckets > 0)
+    if found is not None:
+        first, column = found
+        value = buckets.reshape(-1, k + 1)[first, column].item()
+        raise ValueError(
+            f"{named(column)} must be a log-probability (<= 0), got {value} at position "
+            f"{_position(first, mask.shape)}"
+        )
+    if strict_support is not None:
+        zero = torch.isneginf(buckets).any(dim=-1) & mask
+        if bool(zero.any()):
+            first = int(zero.flatten().nonzero()[0])
+            raise ValueError(
+                f"divergence={strict_support} is infinite at position "
+                f"{_position(first, zero.shape)}: the teacher gives a bucket probability 0 (a "
+                "-inf logprob or tail) where the student's is positive; use 'forward_kl', 'jsd' "
+                "with beta < 1, 'tvd', or a skew divergence with skew > 0"
+            )
+
+
+def check_head(
+    prefix: str, hidden: Any, weight: Any, bias: Any, positions_shape: torch.Size | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """A linear head's inputs: ``{prefix}hidden`` (..., H), ``{prefix}weight`` (V, H) with
+    V >= 2, ``{prefix}bias`` (V,) or None, one dtype and device; ``positions_shape`` (the
+    student's ...) when given."""
+    names = {part: f"{prefix}{part}" for part in ("hidden", "weight", "bias")}
+    for part, value in (("hidden", hidden), ("weight", weight), ("bias", bias)):
+        if value is None and part == "bias":
+            continue
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{names[part]} must be a torch.Tensor, got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise TypeError(f"{names[part]} must have a floating dtype, got {value.dtype}")
+    if hidden.dim() < 2:
+        raise ValueError(
+            f"{names['hidden']} must have shape (..., H) with at least one position dimension, "
+            f"got {tuple(hidden.shape)}"
+        )
+    if positions_shape is not None and hidden.shape[:-1] != positions_shape:
+        raise ValueError(
+            f"{names['hidden']} must have the student's positions {tuple(positions_shape)} "
+            f"before its feature dimension, got {tuple(hidden.shape)}"
+        )
+    size = hidden.shape[-1]
+    if weight.dim() != 2 or weight.shape[1] != size or weight.shape[0] < 2:
+        raise ValueError(
+            f"{names['weight']} must have shape (V, H) with V >= 2 classes and H = "
+            f"{names['hidden']}.shape[-1] = {size}, got {tuple(weight.shape)}"
+        )
+    tensors = {"weight": weight}
+    if bias is not None:
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(
+                f"{names['bias']} must have shape ({weight.shape[0]},) (one value per row of "
+                f"{names['weight']}), got {tuple(bias.shape)}"
+            )
+        tensors["bias"] = bias
+    for part, tensor in tensors.items():
+        if tensor.dtype != hidden.dtype:
+            raise TypeError(
+                f"{names[part]} has dtype {tensor.dtype}, {names['hidden']} {hidden.dtype}: "
+                "give the head the features' dtype"
+            )
+        if tensor.device != hidden.device:
+            raise ValueError(
+                f"{names[part]} is on {tensor.device} but {names['hidden']} on {hidden.device}"
+            )
+    return hidden, weight, bias
