@@ -1,14 +1,18 @@
 """Benchmark of the fused linear-head loss against the losses of materialized logits.
 
-Per group (LS: label smoothing, KD: distillation with a teacher head), forward + backward of
-hidden (N, H) through a head W (V, H) (+ the teacher's head for KD), three variants:
+Per group (LS: label smoothing, KD: distillation with a teacher head, TopK: distillation from
+a top-k teacher reference, ``TopKLogits`` of k = ``--k`` ids plus the tail), forward +
+backward of hidden (N, H) through a head W (V, H) (+ the teacher's head for KD), three
+variants:
 
-- ``linear``: ``LinearSoftTargetLoss(source)(hidden, W, target, ...)``, no (N, V) logits;
+- ``linear``: ``LinearSoftTargetLoss(source)(hidden, W, target, ...)``, no (N, V) logits
+  (for TopK: ``teacher_logits=`` the top-k reference);
 - (a) ``materialized + softlabel``: ``SoftTargetLoss(source)(F.linear(hidden, W), target, t)``,
-  the fused soft-target loss on the logits;
+  the fused soft-target loss on the logits (t: the teacher's logits, or the top-k reference);
 - (b) ``materialized + torch``: ``F.cross_entropy(F.linear(hidden, W), y, label_smoothing=eps)``,
   or ``F.kl_div(log_softmax(s/T), log_softmax(t/T), log_target=True, reduction="batchmean")
-  * T^2 * alpha + (1 - alpha) * F.cross_entropy(s, y)``.
+  * T^2 * alpha + (1 - alpha) * F.cross_entropy(s, y)``; for TopK the same KL on the k + 1
+  buckets (the kept logits and a masked log-sum-exp of the others) written in PyTorch.
 
 The teacher's logits of (a) and (b) are made under ``torch.no_grad()``. Time: median of
 ``--repeat`` rounds after one warm-up round, all variants in this process on the same inputs,
@@ -23,6 +27,7 @@ same run. ``--sweep`` times the linear loss alone for several ``chunk_rows``.
     python benchmarks/linear_loss.py --quick --no-memory
     python benchmarks/linear_loss.py --shapes 4096,2048,128256 --no-time   # memory only
     python benchmarks/linear_loss.py --sweep 128 256 512 1024 --shapes 2048,1024,32000
+    python benchmarks/linear_loss.py --groups TopK --shapes 8192,1024,32000 --k 32
 """
 
 from __future__ import annotations
@@ -41,15 +46,19 @@ import torch
 import torch.nn.functional as F
 
 from softlabel import LinearSoftTargetLoss, SoftTargetLoss
-from softlabel.targets import Teacher, UniformPrior
+from softlabel.targets import Teacher, TopKLogits, UniformPrior
 
 EPS, TEMPERATURE, ALPHA = 0.1, 4.0, 0.9
 VARIANTS = ("linear", "materialized + softlabel", "materialized + torch")
 QUICK_SHAPES = "64,32,1000"
 
 
-def make_inputs(n: int, h: int, v: int, device: str, dtype: torch.dtype, bias: bool):
-    """hidden (N, H) and head W (V, H) (leaves that require grad), labels, the teacher's head."""
+def make_inputs(
+    n: int, h: int, v: int, device: str, dtype: torch.dtype, bias: bool, k: int = 0
+) -> dict:
+    """hidden (N, H) and head W (V, H) (leaves that require grad), labels, the teacher's head,
+    and with ``k`` the teacher's top-k reference (made 1024 rows at a time, so that no (N, V)
+    array precedes the measurements)."""
     gen = torch.Generator().manual_seed(0)
 
     def rand(*shape, scale=1.0):
@@ -64,7 +73,32 @@ def make_inputs(n: int, h: int, v: int, device: str, dtype: torch.dtype, bias: b
         "teacher_bias": rand(v, scale=0.1) if bias else None,
         "target": torch.randint(0, v, (n,), generator=gen).to(device),
     }
+    if k:
+        with torch.no_grad():
+            parts = [
+                TopKLogits.from_logits(
+                    F.linear(rows, x["teacher_weight"], x["teacher_bias"]).float(), k
+                )
+                for rows in x["teacher_hidden"].split(1024)
+            ]
+        x["topk"] = TopKLogits(*(torch.cat(fields) for fields in zip(*parts)))
     return x
+
+
+def topk_torch_loss(s: torch.Tensor, y: torch.Tensor, reference: TopKLogits) -> torch.Tensor:
+    """The top-k bucket KD of ``topk_distillation_loss`` written in plain PyTorch."""
+    index, logprob, tail = reference
+    kept = s.gather(1, index)
+    rest = torch.logsumexp(s.scatter(1, index, -math.inf), dim=1, keepdim=True)
+    student = torch.cat([kept, rest], dim=1)
+    teacher = torch.cat([logprob, tail[:, None]], dim=1).to(s.dtype)
+    kl = F.kl_div(
+        F.log_softmax(student / TEMPERATURE, dim=-1),
+        F.log_softmax(teacher / TEMPERATURE, dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return kl * (TEMPERATURE**2 * ALPHA) + (1.0 - ALPHA) * F.cross_entropy(s, y)
 
 
 def make_step(group: str, variant: str, x: dict, chunk_rows: int | None):
@@ -82,12 +116,17 @@ def make_step(group: str, variant: str, x: dict, chunk_rows: int | None):
     def loss():
         if variant == "linear":
             extra = teacher if group == "KD" else {}
+            if group == "TopK":
+                extra = {"teacher_logits": x["topk"]}
             return linear(x["hidden"], x["weight"], y, x["bias"], **extra)
         s = F.linear(x["hidden"], x["weight"], x["bias"])
         if variant == "materialized + softlabel":
-            return materialized(s, y, teacher_logits() if group == "KD" else None)
+            reference = {"KD": teacher_logits, "TopK": lambda: x["topk"]}.get(group)
+            return materialized(s, y, None if reference is None else reference())
         if group == "LS":
             return F.cross_entropy(s, y, label_smoothing=EPS)
+        if group == "TopK":
+            return topk_torch_loss(s, y, x["topk"])
         t = teacher_logits()
         kl = F.kl_div(
             F.log_softmax(s / TEMPERATURE, dim=-1),
@@ -143,7 +182,8 @@ def _limit_memory(args: argparse.Namespace) -> None:
 def run_child(args: argparse.Namespace) -> None:
     """Peak extra memory of one call of one variant, in this fresh process."""
     n, h, v = (int(d) for d in args.shape.split(","))
-    x = make_inputs(n, h, v, args.device, getattr(torch, args.dtype), args.bias)
+    k = args.k if args.group == "TopK" else 0
+    x = make_inputs(n, h, v, args.device, getattr(torch, args.dtype), args.bias, k)
     step = make_step(args.group, args.variant, x, args.chunk_rows)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -169,6 +209,7 @@ def peak_memory_mib(group, variant, shape, args, chunk_rows=None) -> float | Non
     cmd = [sys.executable, __file__, "--child", "--group", group, "--variant", variant]
     cmd += ["--shape", shape, "--threads", str(args.threads), "--device", args.device]
     cmd += ["--dtype", args.dtype, "--memory-limit-gib", str(args.memory_limit_gib)]
+    cmd += ["--k", str(args.k)]
     if chunk_rows is not None:
         cmd += ["--chunk-rows", str(chunk_rows)]
     if args.bias:
@@ -226,7 +267,8 @@ def measure_shape(shape: str, groups, variants, args, chunk_rows=(None,)) -> dic
     if args.no_time:
         seconds: dict = dict.fromkeys(keys)
     else:
-        x = make_inputs(n, h, v, args.device, getattr(torch, args.dtype), args.bias)
+        k = args.k if "TopK" in groups else 0
+        x = make_inputs(n, h, v, args.device, getattr(torch, args.dtype), args.bias, k)
         steps = {key: make_step(key[0], key[1], x, key[2]) for key in keys}
         seconds = time_interleaved(steps, args)
     return {key: {"time_s": seconds[key], "peak_mib": peaks[key]} for key in keys}
@@ -295,7 +337,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["8192,1024,32000", "4096,2048,128256"],
         help="N,H,V triples",
     )
-    parser.add_argument("--groups", default="LS,KD", help="comma-separated: LS, KD")
+    parser.add_argument("--groups", default="LS,KD", help="comma-separated: LS, KD, TopK")
+    parser.add_argument("--k", type=int, default=32, help="ids kept by the TopK group's reference")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before them")
@@ -331,7 +374,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"torch {torch.__version__}, device {args.device}, threads {args.threads}, "
         f"{args.dtype}, forward+backward, median of {args.repeat} interleaved rounds after "
-        f"{args.warmup} warm-up; eps={EPS}, T={TEMPERATURE}, alpha={ALPHA}, bias={args.bias}"
+        f"{args.warmup} warm-up; eps={EPS}, T={TEMPERATURE}, alpha={ALPHA}, bias={args.bias}, "
+        f"top-k k={args.k}"
     )
     groups = args.groups.split(",")
     for shape in args.shapes:

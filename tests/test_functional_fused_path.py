@@ -4,11 +4,11 @@ references, dispatch, half precision and corner inputs, against written-out form
 from __future__ import annotations
 
 import pytest
-import softlabel.functional._engine as fused_bridge
 import torch
 import torch.nn.functional as F
 
 import softlabel.functional as SF
+import softlabel.functional._engine as fused_bridge
 from softlabel import SoftTargetLoss
 from softlabel.targets import Teacher
 

@@ -77,6 +77,16 @@ class Teacher(TargetSource):
         super().__init__(**own)
         self.name = "kd" + _SUFFIX[divergence] + ("_std" if standardize else "")
 
+    @property
+    def binary(self) -> bool:
+        """Binary tasks have the Bernoulli forms, but no standardization (one logit)."""
+        return not self.standardize
+
+    def accepts(self, kind: str) -> bool:
+        """Every teacher reference, but a top-k one not when standardizing (it z-scores the
+        teacher's logits over every class)."""
+        return super().accepts(kind) and not (self.standardize and kind == "topk")
+
     def _spec_params(self) -> dict[str, Any]:
         values = self.values()
         return {
