@@ -67,11 +67,16 @@ class SoftLabelModule(L.LightningModule):
         needed = getattr(getattr(loss, "source", None), "reference", None)
         given = getattr(reference_provider, "kind", None)
         if needed != given:
+            source_name = type(getattr(loss, "source", loss)).__name__
+            what = {
+                "teacher_logits": "a teacher (teacher=...)",
+                "previous_probs": "a previous model (previous=...)",
+                None: "no reference",
+            }
             raise ValueError(
-                f"the target source needs reference {needed!r} but the reference_provider "
-                f"gives {given!r} ({type(reference_provider).__name__}); "
-                "kd and dist need a teacher, reloop needs a previous model, other targets need "
-                "neither"
+                f"the target source {source_name} reads {what.get(needed, repr(needed))} "
+                f"(reference {needed!r}) but the reference_provider gives {given!r} "
+                f"({type(reference_provider).__name__})"
             )
         student_device = model_device(student) if isinstance(student, nn.Module) else None
         reference_device = getattr(reference_provider, "device", None)
