@@ -64,8 +64,10 @@ def test_cached_teacher_runs_through_the_linear_head(k, divergence):
     for linear in (True, False):
         module = _module(source, cache, linear)
         assert (module.linear_loss is not None) == linear
-        calls = []
-        hook = module.student.model.lm_head.register_forward_hook(lambda *a: calls.append(1))
+        calls: list[int] = []
+        hook = module.student.model.lm_head.register_forward_hook(
+            lambda *_, seen=calls: seen.append(1)
+        )
         loss = module.token_loss_sum(ids, labels, index)
         hook.remove()
         assert bool(calls) != linear  # the linear path never runs the head's forward
