@@ -19,13 +19,12 @@ from softlabel.kernels.checks import (
     check_margin,
     check_penalty,
     check_power,
-    compute_dtype,
     prepare,
 )
 from softlabel.kernels.engine import default_chunk_rows
 from softlabel.kernels.modes import MODES
 from softlabel.kernels.modes.adaptive_smoothing import confidence_cap, confidence_eps
-from softlabel.kernels.spec import LossSpec
+from softlabel.kernels.spec import LossSpec, compute_dtype
 
 __all__ = [
     "check_confidence_margin",

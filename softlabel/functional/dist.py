@@ -12,18 +12,17 @@ from torch import Tensor
 from softlabel.functional._engine import multiclass_per_position
 from softlabel.functional._reduction import _reduce
 from softlabel.kernels.checks import (
-    _as_float,
     check_alpha,
     check_finite_rows,
     check_loss_weight,
+    check_number,
     check_reduction,
     check_target_needed,
     check_teacher,
     check_temperature,
-    compute_dtype,
     prepare,
 )
-from softlabel.kernels.spec import LossSpec
+from softlabel.kernels.spec import LossSpec, compute_dtype
 
 
 def check_beta(beta: Any) -> float:
@@ -37,7 +36,7 @@ def check_gamma(gamma: Any) -> float:
 
 
 def _check_eps(eps: Any) -> float:
-    number = _as_float("eps", eps)
+    number = check_number("eps", eps)
     if not (math.isfinite(number) and number > 0.0):
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
     return number

@@ -6,7 +6,12 @@ import torch
 from torch import Tensor
 
 from softlabel.functional._engine import spec_loss
-from softlabel.kernels.checks import _as_float, check_alpha, check_correct_prob, check_temperature
+from softlabel.kernels.checks import (
+    check_alpha,
+    check_correct_prob,
+    check_number,
+    check_temperature,
+)
 from softlabel.kernels.modes.virtual_teacher import virtual_teacher_logits_into
 from softlabel.kernels.spec import LossSpec
 
@@ -53,7 +58,7 @@ def virtual_teacher_loss(
     spec = LossSpec(
         "virtual_teacher",
         {
-            "correct_prob": _as_float("correct_prob", correct_prob),  # checked with K
+            "correct_prob": check_number("correct_prob", correct_prob),  # checked with K
             "temperature": check_temperature(temperature),
             "alpha": check_alpha(alpha),
         },
