@@ -55,16 +55,3 @@ def centered(x: Tensor, out: Tensor, scale: float) -> Tensor:
     else:
         torch.add(m * -scale, x, alpha=scale, out=out)
     return m
-
-
-def hard_term(
-    s: Tensor, y: Tensor | None, c: Tensor | None, g: Tensor, m_s: Tensor
-) -> tuple[Tensor | float, Tensor]:
-    """``(sum(c), c . (s - m_s))`` of a chunk: the target's mass and the target's logit
-    relative to the row maximum ``m_s`` (rows,), for class indices ``y`` (rows, 1) or a
-    probability target ``c`` (rows, K); the CE is then ``sum(c) lse - c . s``."""
-    if c is None:
-        return 1.0, s.gather(1, y).to(g.dtype).view(-1) - m_s
-    c = as_compute(c, g)
-    c_sum = c.sum(dim=1)
-    return c_sum, torch.linalg.vecdot(as_compute(s, g), c) - c_sum * m_s

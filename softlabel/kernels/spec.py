@@ -69,11 +69,6 @@ class LossSpec:
         names = ("teacher", "previous", "prior", "soft_target", "ignore_index", "chunk_rows")
         return {name: getattr(self, name) for name in names}
 
-    def with_params(self, **params: Any) -> LossSpec:
-        """A copy with ``params`` updated."""
-        merged = {**self.params, **params}
-        return LossSpec(self.mode, merged, **self._tensors())
-
     def replace(self, **changes: Any) -> LossSpec:
         """A copy with tensor fields (teacher, previous, prior, soft_target, ...) replaced."""
         fields = {**self._tensors(), **changes}
