@@ -210,3 +210,21 @@ def test_a_teacher_of_another_vocabulary_is_refused():
             teacher_hidden=hidden.detach(),
             teacher_weight=weight.detach(),
         )
+
+
+def test_bfloat16_heads_compute_in_float32():
+    """bf16 hidden states and head: the chunk's logits in bf16 (as F.linear), the math in
+    float32, the loss float32 and the gradients bf16, close to the materialized path."""
+    hidden, weight, bias, target, _, reference = make(dtype=torch.float32, seed=5)
+    args = [x.detach().bfloat16().requires_grad_() for x in (hidden, weight, bias)]
+    ours = LinearSoftTargetLoss(Teacher(2.0, 0.7), chunk_rows=4)(
+        args[0], args[1], target, args[2], teacher_logits=reference
+    )
+    assert ours.dtype == torch.float32
+    grads = torch.autograd.grad(ours, args)
+    assert all(g.dtype == torch.bfloat16 for g in grads)
+    plain = SoftTargetLoss(Teacher(2.0, 0.7))(F.linear(*args), target, reference)
+    ref_grads = torch.autograd.grad(plain, args)
+    torch.testing.assert_close(ours, plain, rtol=2e-2, atol=2e-2)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a.float(), b.float(), rtol=5e-2, atol=5e-2)
