@@ -156,11 +156,11 @@ def test_every_target_that_needs_a_model_gets_its_checkpoint_wired() -> None:
     import yaml
 
     from softlabel._conf import CONF_DIR
-    from softlabel.compare.plan import CHECKPOINT_KEYS
+    from softlabel.compare.plan import checkpoint_key
 
     needs = {"teacher_logits": "teacher.checkpoint", "previous_probs": "previous.checkpoint"}
     for path in sorted((Path(CONF_DIR) / "target").glob("*.yaml")):
         module, _, name = yaml.safe_load(path.read_text())["_target_"].rpartition(".")
         reference = getattr(importlib.import_module(module), name).reference
-        wired = CHECKPOINT_KEYS.get(path.stem, (None,))[0]
+        wired = (checkpoint_key(path.stem) or (None,))[0]
         assert wired == needs.get(reference), path.name

@@ -15,6 +15,7 @@ sends them to that launcher; ``launch="per_run"`` starts one command per (method
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -22,22 +23,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from softlabel._conf import CONF_DIR
+
 __all__ = ["ComparePlan", "Job", "MethodSpec", "PretrainedSpec", "plan_from_config"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 LAUNCH_MODES = ("per_method", "per_run")
-# target config -> (config key that takes the checkpoint, pretrained entry used by default):
-# every target config whose source needs teacher logits or previous probabilities
-_TEACHER = ("teacher.checkpoint", "teacher")
-CHECKPOINT_KEYS = {
-    **dict.fromkeys(("kd", "kd_reverse", "kd_jsd", "kd_tvd", "kd_std", "dkd", "dist"), _TEACHER),
-    "reloop": ("previous.checkpoint", "previous"),
+# what a target source reads -> (config key that takes the checkpoint, pretrained entry
+# used by default)
+_CHECKPOINT_FOR = {
+    "teacher_logits": ("teacher.checkpoint", "teacher"),
+    "previous_probs": ("previous.checkpoint", "previous"),
 }
 RESERVED_PREFIXES = ("seed=", "method=", "hydra.sweep.", "hydra.run.")
 BEST_CHECKPOINT = Path("checkpoints") / "best.ckpt"
 #: The checkpoint of a pretrained run that methods get: validation-selected or last epoch.
 CHECKPOINT_FILES = {"best": BEST_CHECKPOINT, "last": Path("checkpoints") / "last.ckpt"}
 HEADLINES = ("best", "last")
+
+
+def checkpoint_key(target: str) -> tuple[str, str] | None:
+    """(config key that takes the checkpoint, pretrained entry used by default) for the
+    target config ``target`` of ``conf/target/``, from what its source reads
+    (``TargetSource.reference``); None when it reads no model or is not a shipped config."""
+    path = Path(CONF_DIR) / "target" / f"{target}.yaml"
+    if not NAME_PATTERN.fullmatch(target) or not path.is_file():
+        return None
+    target_path = yaml.safe_load(path.read_text()).get("_target_", "")
+    module, _, name = target_path.rpartition(".")
+    source = getattr(importlib.import_module(module), name, None)
+    return _CHECKPOINT_FOR.get(getattr(source, "reference", None))
 
 
 @dataclass(frozen=True)
@@ -263,7 +280,7 @@ def _method(
                     f"defined: {sorted(pretrained)}"
                 )
         else:
-            auto = CHECKPOINT_KEYS.get(target or "")
+            auto = checkpoint_key(target or "")
             chosen = auto[1] if auto and auto[0] == key and auto[1] in pretrained else None
         if chosen is not None:
             checkpoints.append((key, chosen))
@@ -281,9 +298,10 @@ def plan_from_config(config: Mapping[str, Any]) -> ComparePlan:
     ``save_predictions`` and ``predictions_override``, ``env`` (environment variables for
     the training commands, e.g. ``OMP_NUM_THREADS``), ``name``.
 
-    A method whose target is ``kd`` gets ``teacher.checkpoint`` of the pretrained entry
-    ``teacher``, one whose target is ``reloop`` gets ``previous.checkpoint`` of
-    ``previous`` (when those entries exist and the method does not set the key itself);
+    A method whose target source reads a teacher's logits (``source.reference``) gets
+    ``teacher.checkpoint`` of the pretrained entry ``teacher``, one whose source reads a
+    previous model's probabilities gets ``previous.checkpoint`` of ``previous`` (when those
+    entries exist and the method does not set the key itself);
     ``teacher: NAME`` / ``previous: NAME`` in a method picks another entry, ``null`` none.
     """
     if "out" not in config or not config["out"]:
