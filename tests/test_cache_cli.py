@@ -8,7 +8,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from softlabel.cache import TeacherCache, open_for_datamodule, write_cache
-from softlabel.cache.cli import CONF_DIR, build_cache
+from softlabel.cache_cli import CONF_DIR, build_cache
 
 
 def cache_config(*overrides: str):

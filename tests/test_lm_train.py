@@ -191,7 +191,7 @@ def test_save_predictions_refused(corpus, tmp_path):
 def _compose_cache(*overrides):
     from hydra import compose, initialize_config_dir
 
-    from softlabel.cache.cli import CONF_DIR
+    from softlabel.cache_cli import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("cache", overrides=list(overrides))
@@ -200,7 +200,7 @@ def _compose_cache(*overrides):
 @pytest.mark.parametrize("kind", ["dense", "topk"])
 def test_sequence_cache_from_the_command_and_training_from_it(corpus, trained, tmp_path, kind):
     from softlabel.cache import TeacherCache
-    from softlabel.cache.cli import build_cache
+    from softlabel.cache_cli import build_cache
     from softlabel.modules.build import build_datamodule
     from softlabel.modules.lm_build import build_lm_model
     from softlabel.targets import TopKLogits
