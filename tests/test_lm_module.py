@@ -14,9 +14,9 @@ pytest.importorskip("transformers")
 
 from softlabel import SoftTargetLoss  # noqa: E402
 from softlabel.models.hf import check_vocabularies, hf_causal_lm  # noqa: E402
-from softlabel.modules.lm_build import save_hf_model  # noqa: E402
 from softlabel.modules.lm_module import CausalLMModule, shift_for_causal_lm  # noqa: E402
 from softlabel.modules.references import LiveTeacher  # noqa: E402
+from softlabel.modules.run.outputs import save_hf_model  # noqa: E402
 from softlabel.targets import Hard, PreviousModel, Teacher, UniformPrior  # noqa: E402
 
 V = 11

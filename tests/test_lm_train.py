@@ -201,8 +201,7 @@ def _compose_cache(*overrides):
 def test_sequence_cache_from_the_command_and_training_from_it(corpus, trained, tmp_path, kind):
     from softlabel.cache import TeacherCache
     from softlabel.cache_cli import build_cache
-    from softlabel.modules.build import build_datamodule
-    from softlabel.modules.lm_build import build_lm_model
+    from softlabel.modules.build import build_datamodule, build_model
     from softlabel.targets import TopKLogits
 
     teacher_run, _ = trained
@@ -223,7 +222,7 @@ def test_sequence_cache_from_the_command_and_training_from_it(corpus, trained, t
     # rows hold the teacher's logits at every position of the block with that index
     index = torch.tensor([0, len(dataset) - 1])
     ids = torch.stack([dataset[int(i)][0] for i in index])
-    teacher = build_lm_model(
+    teacher = build_model(
         compose_train(*lm_args(corpus, tmp_path), "teacher=hf_causal_lm").teacher.model,
         datamodule,
         pretrained=str(teacher_run / "hf_model"),

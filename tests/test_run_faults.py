@@ -275,12 +275,12 @@ def test_settings_that_train_nothing_or_forever_are_refused(tmp_path, overrides,
 
 def test_smallest_suggested_subset_is_accepted():
     from softlabel.modules.build import build_datamodule
-    from softlabel.modules.run import _check_run_length, _check_splits
+    from softlabel.modules.run.checks import check_run_length, check_splits
 
     cfg = _compose("data.subset=64")
-    _check_splits(cfg, build_datamodule(cfg))
-    _check_run_length(_compose("trainer.max_epochs=-1", "+trainer.max_steps=2"))
-    _check_run_length(_compose("trainer.max_epochs=0", "trainer.fast_dev_run=1"))
+    check_splits(cfg, build_datamodule(cfg))
+    check_run_length(_compose("trainer.max_epochs=-1", "+trainer.max_steps=2"))
+    check_run_length(_compose("trainer.max_epochs=0", "trainer.fast_dev_run=1"))
 
 
 # ------------------------------------------------------------------------------ item 8
