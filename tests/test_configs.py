@@ -123,6 +123,22 @@ def test_language_model_configs(option, tmp_path):
     assert teacher.vocab_size == 258 and teacher.linear_head
 
 
+@pytest.mark.parametrize("option", _options("trainer"))
+def test_trainer_run_length_keys_are_set_without_plus(option):
+    """trainer.max_steps / trainer.max_time, which the run-length checks ask for, are keys
+    of every trainer config with Lightning's own defaults."""
+    import inspect
+
+    import lightning as L
+
+    defaults = inspect.signature(L.Trainer).parameters
+    cfg = _compose(f"trainer={option}")
+    assert cfg.trainer.max_steps == defaults["max_steps"].default == -1
+    assert cfg.trainer.max_time is defaults["max_time"].default is None
+    cfg = _compose(f"trainer={option}", "trainer.max_steps=60", "trainer.max_time=00:00:05:00")
+    assert (cfg.trainer.max_steps, cfg.trainer.max_time) == (60, "00:00:05:00")
+
+
 @pytest.mark.parametrize("group", ["teacher", "previous"])
 def test_teacher_and_previous_configs(group):
     for option in _options(group):

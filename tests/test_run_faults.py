@@ -256,7 +256,8 @@ def test_monitor_typo_is_refused_before_training(tmp_path):
     [
         (["trainer.max_epochs=-1", "scheduler=none"], r"max_epochs=-1 .* never stops"),
         (["trainer.max_epochs=0"], r"trainer\.max_epochs=0 trains nothing.*allowed: an integer"),
-        (["+trainer.max_steps=0"], r"trainer\.max_steps=0 trains nothing; allowed"),
+        (["trainer.max_steps=0"], r"trainer\.max_steps=0 trains nothing; allowed"),
+        (["trainer.max_steps=null"], r"trainer\.max_steps=None; allowed: -1 \(no step limit\)"),
         (["trainer.limit_train_batches=0"], r"limit_train_batches=0 trains nothing"),
         (
             ["data.subset=5"],
@@ -279,8 +280,17 @@ def test_smallest_suggested_subset_is_accepted():
 
     cfg = _compose("data.subset=64")
     check_splits(cfg, build_datamodule(cfg))
-    check_run_length(_compose("trainer.max_epochs=-1", "+trainer.max_steps=2"))
+    check_run_length(_compose("trainer.max_epochs=-1", "trainer.max_steps=2"))
+    check_run_length(_compose("trainer.max_epochs=-1", "trainer.max_time=00:00:01:00"))
     check_run_length(_compose("trainer.max_epochs=0", "trainer.fast_dev_run=1"))
+
+
+def test_a_run_bounded_by_max_steps_alone(tmp_path):
+    """trainer.max_steps is a key of every trainer config (no "+"), as the run-length
+    messages say; with trainer.max_epochs=-1 it alone ends the run."""
+    overrides = ["trainer.max_epochs=-1", "trainer.max_steps=3", "scheduler=none"]
+    record = train(_compose(*overrides), tmp_path / "run")
+    assert record["global_step"] == 3
 
 
 # ------------------------------------------------------------------------------ item 8
