@@ -82,8 +82,12 @@ def save_hf_model(model: nn.Module, tokenizer: Any, directory: str) -> str | Non
     tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
     old = None
     try:
-        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700
         save(tmp, tokenizer=tokenizer)
+        # mkdtemp makes 0700, and the weights file comes out 0600: give the umask's modes
+        for root, _dirs, files in os.walk(tmp):
+            os.chmod(root, umask_mode(0o777))
+            for entry in files:
+                os.chmod(os.path.join(root, entry), umask_mode(0o666))
         if os.path.isdir(directory):
             old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
             os.replace(directory, os.path.join(old, name))
