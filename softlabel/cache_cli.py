@@ -20,10 +20,10 @@ from softlabel._conf import CONF_DIR
 __all__ = ["CONF_DIR", "build_cache", "main"]
 
 
-def _required(cfg: DictConfig, key: str, hint: str, *, name: str | None = None) -> Any:
+def _required(cfg: DictConfig, key: str, hint: str) -> Any:
     """``cfg[key]``, or a ValueError naming the key when it is missing or null."""
     if OmegaConf.is_missing(cfg, key) or cfg.get(key) is None:
-        raise ValueError(f"{name or key} is not set: {hint}")
+        raise ValueError(f"{key} is not set: {hint}")
     return cfg[key]
 
 

@@ -36,12 +36,12 @@ from softlabel.modules.checkpoints import (
     load_state,
     read_checkpoint,
 )
+from softlabel.modules.rundir import CHECKPOINT_DIR
 
 __all__ = ["HF_CAUSAL_LM", "directory_sha256", "frozen_model", "output_rows", "saved_architecture"]
 
 HF_CAUSAL_LM = "softlabel.models.hf_causal_lm"
-#: where ``softlabel-train`` writes checkpoints and Hydra the run's config, in a run directory
-_CHECKPOINT_DIR = "checkpoints"
+#: the run's config, as Hydra writes it in a run directory
 _HYDRA_CONFIG = os.path.join(".hydra", "config.yaml")
 
 
@@ -74,7 +74,7 @@ def _from_run_config(path: str) -> dict[str, Any] | None:
     """The student config of the run that wrote the checkpoint ``path``: its ``config``,
     or the ``config.json`` of its ``pretrained`` directory; None when there is none."""
     checkpoint = Path(path)
-    if checkpoint.parent.name != _CHECKPOINT_DIR:
+    if checkpoint.parent.name != CHECKPOINT_DIR:
         return None
     run_config = checkpoint.parent.parent / _HYDRA_CONFIG
     if not run_config.is_file():
@@ -172,8 +172,17 @@ def frozen_model(
     A classifier must give one output per class of the data; a causal LM must cover the
     data's block size.
     """
+    from softlabel.models.hf import DTYPES
+
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"{role}.dtype={dtype!r} is not allowed; use one of {sorted(DTYPES)}")
     lm = is_causal_lm(datamodule)
-    has_checkpoint, has_pretrained = checkpoint is not None, lm and pretrained is not None
+    if not lm and pretrained is not None:
+        raise ValueError(
+            f"{role}.pretrained={pretrained!r}: a Hugging Face directory is for causal LMs "
+            f"(data=text); give {role}.checkpoint=PATH"
+        )
+    has_checkpoint, has_pretrained = checkpoint is not None, pretrained is not None
     if lm and has_checkpoint == has_pretrained:
         raise ValueError(
             f"give exactly one of {role}.checkpoint=PATH (a softlabel-train checkpoint) and "
@@ -207,10 +216,6 @@ def frozen_model(
         load_state(frozen, payload, path, role)
         record = {f"{role}_checkpoint": path, f"{role}_sha256": file_sha256(path)}
     if dtype is not None:
-        from softlabel.models.hf import DTYPES
-
-        if dtype not in DTYPES:
-            raise ValueError(f"{role}.dtype={dtype!r} is not allowed; use one of {sorted(DTYPES)}")
         frozen = frozen.to(DTYPES[dtype])
     if not lm:  # a causal LM's vocabulary and context are checked when it is built
         check_output_dim(frozen, datamodule.input_shape, output_dim(datamodule), role=role)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from softlabel._io import atomic_write, atomic_write_json, umask_mode
+from softlabel.modules.rundir import CHECKPOINT_DIR
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -33,7 +34,6 @@ __all__ = [
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions_test.npz"  # the val-selected weights
 PREDICTIONS_LAST_FILE = "predictions_test_last.npz"  # the final weights
-CHECKPOINT_DIR = "checkpoints"
 HF_MODEL_DIR = "hf_model"
 
 

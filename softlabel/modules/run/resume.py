@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from softlabel.modules.build import absolute_path
-from softlabel.modules.run.outputs import CHECKPOINT_DIR
+from softlabel.modules.rundir import CHECKPOINT_DIR
 from softlabel.modules.soft_label_module import PROVIDER_PREFIX
 
 __all__ = ["read_resume_checkpoint"]

@@ -12,8 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from softlabel.modules.callbacks import SaveHFConfig
-from softlabel.modules.run.outputs import CHECKPOINT_DIR
-from softlabel.modules.rundir import ResumableCSVLogger
+from softlabel.modules.rundir import CHECKPOINT_DIR, ResumableCSVLogger
 
 __all__ = ["OnTrainStart", "build_callbacks", "build_logger", "build_trainer"]
 
