@@ -20,7 +20,7 @@
    trained from each at each ``--temperatures``, with the same seeds for every cache.
 
 The teachers are trained here first (hard labels, same Trainer settings); caches are
-written with ``softlabel.cache.cli.build_cache`` (what ``softlabel-cache`` runs).
+written with ``softlabel.cache_cli.build_cache`` (what ``softlabel-cache`` runs).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def train_teacher(data: list[str], datamodule: Any, epochs: int, path: Path) -> 
 
 def write_cache(data: list[str], checkpoint: Path, out: Path, kind: str, k: int = 10) -> Any:
     from softlabel.cache import TeacherCache
-    from softlabel.cache.cli import build_cache
+    from softlabel.cache_cli import build_cache
 
     overrides = [*data, "teacher=mlp_large", f"teacher.checkpoint={checkpoint}", f"out={out}"]
     overrides += [f"kind={kind}", f"k={k}", "progress=false", "overwrite=true"]

@@ -88,6 +88,10 @@ def _forward(model_cfg, shape=(3, 16, 16)):
 
 #: Model options for data=text (causal language models), composed with that data.
 LM_OPTIONS = ("hf_causal_lm",)
+#: The reference providers that teacher and previous configs name by _target_.
+LIVE = "softlabel.modules.providers.live_teacher"
+CACHED = "softlabel.modules.providers.cached_teacher"
+PREVIOUS = "softlabel.modules.providers.previous_model"
 
 
 @pytest.mark.parametrize("option", [o for o in _options("student") if o not in LM_OPTIONS])
@@ -98,7 +102,7 @@ def test_student_configs(option):
 @pytest.mark.parametrize("option", LM_OPTIONS)
 def test_language_model_configs(option, tmp_path):
     pytest.importorskip("transformers")
-    from softlabel.modules.lm_build import build_lm_model
+    from softlabel.modules.build import build_model
 
     for i in range(20):
         (tmp_path / f"doc{i}.txt").write_text(f"a few words, number {i} " * 5)
@@ -107,13 +111,32 @@ def test_language_model_configs(option, tmp_path):
     )
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    student = build_lm_model(cfg.student, datamodule)
+    student = build_model(cfg.student, datamodule)
     assert student.vocab_size == datamodule.vocab_size == 258
     assert student.eval()(torch.zeros(2, 16, dtype=torch.long)).shape == (2, 16, 258)
     teacher_cfg = _compose("data=text", f"teacher={option}", "teacher.checkpoint=x.ckpt").teacher
-    assert teacher_cfg.kind == "live" and teacher_cfg.model.config.n_positions == 128
-    teacher = build_lm_model(teacher_cfg.model, datamodule)
+    assert teacher_cfg._target_ == LIVE and teacher_cfg.checkpoint == "x.ckpt"
+    assert teacher_cfg.model.config is None  # the architecture saved with the checkpoint
+    tiny = "{model_type:gpt2,n_layer:1,n_embd:16,n_head:2,n_positions:16}"
+    given = _compose("data=text", f"teacher={option}", f"teacher.model.config={tiny}")
+    teacher = build_model(given.teacher.model, datamodule, role="teacher")
     assert teacher.vocab_size == 258 and teacher.linear_head
+
+
+@pytest.mark.parametrize("option", _options("trainer"))
+def test_trainer_run_length_keys_are_set_without_plus(option):
+    """trainer.max_steps / trainer.max_time, which the run-length checks ask for, are keys
+    of every trainer config with Lightning's own defaults."""
+    import inspect
+
+    import lightning as L
+
+    defaults = inspect.signature(L.Trainer).parameters
+    cfg = _compose(f"trainer={option}")
+    assert cfg.trainer.max_steps == defaults["max_steps"].default == -1
+    assert cfg.trainer.max_time is defaults["max_time"].default is None
+    cfg = _compose(f"trainer={option}", "trainer.max_steps=60", "trainer.max_time=00:00:05:00")
+    assert (cfg.trainer.max_steps, cfg.trainer.max_time) == (60, "00:00:05:00")
 
 
 @pytest.mark.parametrize("group", ["teacher", "previous"])
@@ -123,9 +146,11 @@ def test_teacher_and_previous_configs(group):
             continue
         cfg = _compose(f"{group}={option}", f"{group}.checkpoint=x.ckpt")
         assert cfg[group].checkpoint == "x.ckpt"
+        assert cfg[group]._target_ == (LIVE if group == "teacher" else PREVIOUS)
         # the same model config as the student option (built in test_student_configs)
         assert cfg[group].model == _compose(f"student={option}").student
     assert _compose().previous.model is None  # null: the student's architecture
+    assert _compose().previous._target_ == PREVIOUS
 
 
 @pytest.mark.parametrize("option", _options("target"))
@@ -220,7 +245,7 @@ def test_teacher_free_and_dist_targets_compose_with_every_teacher(teacher, tmp_p
             with pytest.raises(ValueError, match="needs a teacher"):
                 build_reference_provider(cfg, source.reference, None)
         else:
-            assert source.reference == "teacher_logits" and cfg.teacher.kind in ("live", "cached")
+            assert source.reference == "teacher_logits" and cfg.teacher._target_ in (LIVE, CACHED)
 
 
 #: Targets that read teacher logits: each composes with a live and a cached teacher, and
@@ -232,17 +257,17 @@ TEACHER_TARGETS = ("kd", "kd_reverse", "kd_jsd", "kd_tvd", "kd_std", "dkd")
 def test_teacher_targets_compose_with_live_and_cached_teachers(option, tmp_path):
     from softlabel.modules.build import build_reference_provider
 
-    for teacher, kind, extra in (
-        ("mlp", "live", ["teacher.checkpoint=x.ckpt"]),
-        ("cached", "cached", [f"teacher.cache={tmp_path}"]),
-        ("none", "none", []),
+    for teacher, target, extra in (
+        ("mlp", LIVE, ["teacher.checkpoint=x.ckpt"]),
+        ("cached", CACHED, [f"teacher.cache={tmp_path}"]),
+        ("none", None, []),
     ):
         cfg = _compose(f"target={option}", f"teacher={teacher}", *extra)
         source = instantiate(cfg.target)
-        assert (source.name, source.reference, cfg.teacher.kind) == (
+        assert (source.name, source.reference, cfg.teacher.get("_target_")) == (
             option,
             "teacher_logits",
-            kind,
+            target,
         )
     with pytest.raises(ValueError, match="needs a teacher"):
         build_reference_provider(cfg, source.reference, None)

@@ -14,9 +14,9 @@ pytest.importorskip("transformers")
 
 from softlabel import SoftTargetLoss  # noqa: E402
 from softlabel.models.hf import check_vocabularies, hf_causal_lm  # noqa: E402
-from softlabel.modules.lm_build import save_hf_model  # noqa: E402
 from softlabel.modules.lm_module import CausalLMModule, shift_for_causal_lm  # noqa: E402
 from softlabel.modules.references import LiveTeacher  # noqa: E402
+from softlabel.modules.run.outputs import save_hf_model  # noqa: E402
 from softlabel.targets import Hard, PreviousModel, Teacher, UniformPrior  # noqa: E402
 
 V = 11
@@ -220,6 +220,33 @@ def test_hf_model_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again(ids), student(ids))
     assert not any(p.name.startswith(".hf_model.tmp") for p in tmp_path.iterdir())
+
+
+def test_hf_model_directory_follows_the_umask_and_never_follows_a_link(tmp_path):
+    import os
+    import stat
+
+    student = tiny_lm(4)
+    old = os.umask(0o027)
+    try:
+        directory = save_hf_model(student, None, str(tmp_path / "hf_model"))
+        save_hf_model(student, None, directory)  # a second save replaces the first
+        (tmp_path / "plain").mkdir()
+        (tmp_path / "plain.txt").write_text("")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE(os.stat(directory).st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o750
+    files = [p for p in (tmp_path / "hf_model").iterdir()]
+    assert files and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o640}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf_model", "plain", "plain.txt"]
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    (tmp_path / "link").symlink_to(target, target_is_directory=True)
+    with pytest.raises(ValueError, match="symbolic link or not a directory"):
+        save_hf_model(student, None, str(tmp_path / "link"))
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
 
 
 def test_hf_causal_lm_refuses_bad_arguments(tmp_path):

@@ -183,6 +183,120 @@ def test_teacher_needs_exactly_one_source(corpus, trained, tmp_path):
         )
 
 
+def test_teacher_checkpoint_brings_its_architecture(corpus, trained, tmp_path):
+    """teacher=hf_causal_lm teacher.checkpoint=<an LM run's checkpoint> rebuilds the
+    architecture saved in the checkpoint (the student may differ); a teacher.model.config
+    that contradicts it is refused before training, with both shown."""
+    teacher_run, _ = trained
+    ckpt = teacher_run / "checkpoints" / "last.ckpt"
+    teacher = ["target=kd", "teacher=hf_causal_lm", f"teacher.checkpoint={ckpt}"]
+    small = "student.config={model_type:gpt2,n_layer:1,n_embd:8,n_head:2,n_positions:32}"
+    metrics = run(corpus, tmp_path / "kd", *teacher, small)
+    assert metrics["teacher_checkpoint"] == str(ckpt) and metrics["global_step"] == 3
+    two_layers = "{model_type:gpt2,n_layer:2,n_embd:16,n_head:2,n_positions:32}"
+    with pytest.raises(
+        ValueError,
+        match=r"teacher\.model\.config contradicts the architecture saved with "
+        r"teacher\.checkpoint=.*last\.ckpt.* in n_layer: .*'n_layer': 2.*saved: .*'n_layer': 1",
+    ):
+        run(corpus, tmp_path / "conflict", *teacher, f"teacher.model.config={two_layers}")
+    assert not (tmp_path / "conflict" / "checkpoints").exists()
+
+
+def test_older_checkpoint_takes_the_architecture_of_its_run_config(corpus, trained, tmp_path):
+    """A checkpoint without the saved architecture: the student config of the run's
+    .hydra/config.yaml beside checkpoints/; without one the message says what to set."""
+    from omegaconf import OmegaConf
+
+    teacher_run, _ = trained
+    payload = torch.load(teacher_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert payload.pop("hf_config")["n_layer"] == 1
+    old_run = tmp_path / "old"
+    (old_run / "checkpoints").mkdir(parents=True)
+    torch.save(payload, old_run / "checkpoints" / "last.ckpt")
+    teacher = [
+        "target=kd",
+        "teacher=hf_causal_lm",
+        f"teacher.checkpoint={old_run / 'checkpoints' / 'last.ckpt'}",
+        "trainer.fast_dev_run=1",
+    ]
+    with pytest.raises(ValueError, match=r"records no architecture.*set teacher\.model\.config"):
+        run(corpus, tmp_path / "refused", *teacher)
+    (old_run / ".hydra").mkdir()
+    OmegaConf.save(compose_train(*lm_args(corpus, old_run)), old_run / ".hydra" / "config.yaml")
+    cfg = compose_train(*lm_args(corpus, tmp_path), *teacher)
+    assert train(cfg, str(tmp_path / "run"))["global_step"] == 1
+
+
+def test_previous_checkpoint_brings_its_architecture(corpus, trained, tmp_path):
+    """ReLoop against a previous version of another width: previous.model null takes the
+    architecture saved with previous.checkpoint, not the student's."""
+    previous_run, _ = trained
+    metrics = run(
+        corpus,
+        tmp_path,
+        "target=reloop",
+        "student.config.n_embd=8",
+        f"previous.checkpoint={previous_run / 'checkpoints' / 'last.ckpt'}",
+    )
+    assert metrics["method"] == "reloop" and metrics["global_step"] == 3
+
+
+def test_block_size_beyond_a_model_context_is_refused_before_training(corpus, trained, tmp_path):
+    teacher_run, _ = trained
+    with pytest.raises(
+        ValueError,
+        match=r"data\.block_size=32 is longer than the student's context: its config has "
+        r"n_positions=16",
+    ):
+        run(corpus, tmp_path / "student", "target=hard", "student.config.n_positions=16")
+    longer = ["data.block_size=64", "student.config.n_positions=64", "target=kd"]
+    with pytest.raises(
+        ValueError,
+        match=r"data\.block_size=64 is longer than the teacher's context: its config has "
+        r"n_positions=32",
+    ):
+        run(
+            corpus,
+            tmp_path / "teacher",
+            *longer,
+            "teacher=hf_causal_lm",
+            f"teacher.pretrained={teacher_run / 'hf_model'}",
+        )
+    assert not (tmp_path / "student" / "checkpoints").exists()
+    assert not (tmp_path / "teacher" / "checkpoints").exists()
+
+
+def test_teacher_smaller_than_the_tokenizer_is_named(corpus, tmp_path):
+    teacher = _hf_dir(tmp_path, 200)
+    with pytest.raises(
+        ValueError,
+        match=r"the teacher \(teacher\.pretrained=.*teacher200'\): the model has 200 output "
+        r"rows but the data's tokenizer has 258 token ids",
+    ):
+        run(
+            corpus,
+            tmp_path / "run",
+            "target=kd",
+            "teacher=hf_causal_lm",
+            f"teacher.pretrained={teacher}",
+        )
+
+
+def test_hf_model_symlink_in_the_run_directory_is_refused_before_training(corpus, tmp_path):
+    elsewhere = tmp_path / "precious"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "hf_model").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(ValueError, match=r"hf_model' is a symbolic link .*remove the link"):
+        run(corpus, run_dir, "target=hard")
+    assert (elsewhere / "keep.txt").read_text() == "mine"
+    assert (run_dir / "hf_model").is_symlink()
+    assert not (run_dir / "checkpoints").exists()
+
+
 def test_save_predictions_refused(corpus, tmp_path):
     with pytest.raises(ValueError, match="save_predictions=true"):
         run(corpus, tmp_path, "target=hard", "save_predictions=true")
@@ -191,7 +305,7 @@ def test_save_predictions_refused(corpus, tmp_path):
 def _compose_cache(*overrides):
     from hydra import compose, initialize_config_dir
 
-    from softlabel.cache.cli import CONF_DIR
+    from softlabel.cache_cli import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("cache", overrides=list(overrides))
@@ -200,9 +314,8 @@ def _compose_cache(*overrides):
 @pytest.mark.parametrize("kind", ["dense", "topk"])
 def test_sequence_cache_from_the_command_and_training_from_it(corpus, trained, tmp_path, kind):
     from softlabel.cache import TeacherCache
-    from softlabel.cache.cli import build_cache
-    from softlabel.modules.build import build_datamodule
-    from softlabel.modules.lm_build import build_lm_model
+    from softlabel.cache_cli import build_cache
+    from softlabel.modules.build import build_datamodule, build_model
     from softlabel.targets import TopKLogits
 
     teacher_run, _ = trained
@@ -223,7 +336,7 @@ def test_sequence_cache_from_the_command_and_training_from_it(corpus, trained, t
     # rows hold the teacher's logits at every position of the block with that index
     index = torch.tensor([0, len(dataset) - 1])
     ids = torch.stack([dataset[int(i)][0] for i in index])
-    teacher = build_lm_model(
+    teacher = build_model(
         compose_train(*lm_args(corpus, tmp_path), "teacher=hf_causal_lm").teacher.model,
         datamodule,
         pretrained=str(teacher_run / "hf_model"),
@@ -251,16 +364,51 @@ def test_sequence_cache_from_the_command_and_training_from_it(corpus, trained, t
     assert metrics["teacher_cache"] == str(tmp_path / "cache")
 
 
-def test_fast_dev_run_with_live_teacher(corpus, trained, tmp_path):
+@pytest.mark.parametrize("source", ["pretrained", "checkpoint"])
+def test_fast_dev_run_with_live_teacher(corpus, trained, tmp_path, source):
+    """A bfloat16 teacher on the CPU, from a Hugging Face directory or a checkpoint."""
+    from softlabel.modules.build import build_datamodule, build_model, build_reference_provider
+
     teacher_run, _ = trained
+    given = {
+        "pretrained": f"teacher.pretrained={teacher_run / 'hf_model'}",
+        "checkpoint": f"teacher.checkpoint={teacher_run / 'checkpoints' / 'last.ckpt'}",
+    }[source]
     cfg = compose_train(
         *lm_args(corpus, tmp_path),
         "target=kd_jsd",
         "teacher=hf_causal_lm",
-        f"teacher.pretrained={teacher_run / 'hf_model'}",
+        given,
         "teacher.dtype=bfloat16",
         "trainer.fast_dev_run=2",
     )
+    datamodule = build_datamodule(cfg)
+    student = build_model(cfg.student, datamodule)
+    provider, _ = build_reference_provider(cfg, "teacher_logits", datamodule, student)
+    assert {p.dtype for p in provider.model.parameters()} == {torch.bfloat16}
     record = train(cfg, str(tmp_path))
     assert record["global_step"] == 2 and record["best"] is None
     assert record["hf_model"]["weights"] == "last"
+
+
+def test_cache_of_a_bfloat16_teacher_from_a_checkpoint(corpus, trained, tmp_path):
+    """softlabel-cache builds the teacher as training does: the architecture saved with
+    teacher.checkpoint, held in bfloat16; the cache stores its logits."""
+    from softlabel.cache import TeacherCache
+    from softlabel.cache_cli import build_cache
+
+    teacher_run, _ = trained
+    cfg = _compose_cache(
+        *lm_args(corpus, tmp_path)[:6],
+        "teacher=hf_causal_lm",
+        f"teacher.checkpoint={teacher_run / 'checkpoints' / 'last.ckpt'}",
+        "teacher.dtype=bfloat16",
+        f"out={tmp_path / 'cache'}",
+        "progress=false",
+    )
+    cache = TeacherCache.open(build_cache(cfg))
+    assert cache.num_classes == 258 and cache.row_shape == (32,)
+    assert cache.manifest.teacher_config["checkpoint"] == str(
+        teacher_run / "checkpoints" / "last.ckpt"
+    )
+    assert torch.isfinite(cache.lookup(torch.tensor([0, 1]))).all()

@@ -256,7 +256,8 @@ def test_monitor_typo_is_refused_before_training(tmp_path):
     [
         (["trainer.max_epochs=-1", "scheduler=none"], r"max_epochs=-1 .* never stops"),
         (["trainer.max_epochs=0"], r"trainer\.max_epochs=0 trains nothing.*allowed: an integer"),
-        (["+trainer.max_steps=0"], r"trainer\.max_steps=0 trains nothing; allowed"),
+        (["trainer.max_steps=0"], r"trainer\.max_steps=0 trains nothing; allowed"),
+        (["trainer.max_steps=null"], r"trainer\.max_steps=None; allowed: -1 \(no step limit\)"),
         (["trainer.limit_train_batches=0"], r"limit_train_batches=0 trains nothing"),
         (
             ["data.subset=5"],
@@ -275,12 +276,21 @@ def test_settings_that_train_nothing_or_forever_are_refused(tmp_path, overrides,
 
 def test_smallest_suggested_subset_is_accepted():
     from softlabel.modules.build import build_datamodule
-    from softlabel.modules.run import _check_run_length, _check_splits
+    from softlabel.modules.run.checks import check_run_length, check_splits
 
     cfg = _compose("data.subset=64")
-    _check_splits(cfg, build_datamodule(cfg))
-    _check_run_length(_compose("trainer.max_epochs=-1", "+trainer.max_steps=2"))
-    _check_run_length(_compose("trainer.max_epochs=0", "trainer.fast_dev_run=1"))
+    check_splits(cfg, build_datamodule(cfg))
+    check_run_length(_compose("trainer.max_epochs=-1", "trainer.max_steps=2"))
+    check_run_length(_compose("trainer.max_epochs=-1", "trainer.max_time=00:00:01:00"))
+    check_run_length(_compose("trainer.max_epochs=0", "trainer.fast_dev_run=1"))
+
+
+def test_a_run_bounded_by_max_steps_alone(tmp_path):
+    """trainer.max_steps is a key of every trainer config (no "+"), as the run-length
+    messages say; with trainer.max_epochs=-1 it alone ends the run."""
+    overrides = ["trainer.max_epochs=-1", "trainer.max_steps=3", "scheduler=none"]
+    record = train(_compose(*overrides), tmp_path / "run")
+    assert record["global_step"] == 3
 
 
 # ------------------------------------------------------------------------------ item 8

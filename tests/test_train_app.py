@@ -118,6 +118,20 @@ def test_teacher_then_student_two_step_flow(tmp_path):
     assert record["teacher_checkpoint"] == str(ckpt)
 
 
+def test_teacher_dtype_holds_the_frozen_teacher_in_that_dtype(small_mlp, tmp_path):
+    """teacher.dtype=bfloat16 casts a classifier teacher too (it was silently ignored):
+    the batch is cast to the teacher's dtype and its logits back."""
+    from softlabel.modules.build import build_datamodule, build_reference_provider
+
+    overrides = [*DEV, "target=kd", "teacher=mlp", "teacher.model.hidden=[16]"]
+    cfg = _compose(*overrides, f"teacher.checkpoint={small_mlp}", "+teacher.dtype=bfloat16")
+    provider, _ = build_reference_provider(cfg, "teacher_logits", build_datamodule(cfg))
+    assert {p.dtype for p in provider.model.parameters()} == {torch.bfloat16}
+    logits = provider(torch.randn(3, 64), torch.arange(3))
+    assert logits.dtype == torch.float32 and logits.shape == (3, 10)
+    assert train(cfg, tmp_path)["global_step"] == 2
+
+
 def test_bad_teacher_configs_fail_before_training(small_mlp, tmp_path):
     with pytest.raises(ValueError, match="needs a teacher, but teacher=none"):
         train(_compose(*DEV, "target=kd"), tmp_path)

@@ -22,7 +22,7 @@ if [ ! -f "$OUT/teacher/metrics.json" ]; then
 fi
 cache() {  # cache NAME KIND [K]
   if [ ! -f "$OUT/caches/$1/manifest.json" ]; then
-    OMP_NUM_THREADS=2 "$PYTHON" -m softlabel.cache.cli "${DATA[@]}" teacher=hf_causal_lm \
+    OMP_NUM_THREADS=2 "$PYTHON" -m softlabel.cache_cli "${DATA[@]}" teacher=hf_causal_lm \
       teacher.pretrained="$OUT/teacher/hf_model" out="$OUT/caches/$1" kind="$2" k="${3:-10}" \
       batch_size=64 progress=false hydra.run.dir="$OUT/caches/logs/$1"
   fi

@@ -13,6 +13,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from softlabel._io import umask_mode
+
 TIMEOUT_S = 60.0
 
 
@@ -108,6 +110,7 @@ def download_resource(resource: Resource, root: Path) -> Path:
                 f"checksum mismatch for {resource.filename}: md5 {actual}, "
                 f"expected {resource.md5}; the file was discarded"
             )
+        os.chmod(partial, umask_mode(0o666))  # mkstemp makes 0600
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)

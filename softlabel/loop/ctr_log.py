@@ -27,34 +27,13 @@ import pandas as pd
 
 from softlabel.loop.store import check_logged_probabilities
 from softlabel.loop.stream import Chunk, Stream
+from softlabel.loop.tables import read_table
 
 __all__ = ["CTRColumnSpec", "CTRFeatureEncoder", "ctr_log_stream", "read_table", "stable_bucket"]
 
 MAX_TOTAL_BUCKETS = 2**24
 MISSING_TOKEN = "<missing>"
 NUMERIC_TRANSFORMS = ("none", "log1p")
-
-
-def read_table(path: str | os.PathLike[str], file_format: str | None = None) -> pd.DataFrame:
-    """Read a CSV or Parquet file (format from the suffix unless ``file_format`` is given)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"log file not found: {path!r}")
-    if file_format is None:
-        lowered = path.lower()
-        if lowered.endswith((".parquet", ".pq")):
-            file_format = "parquet"
-        elif lowered.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
-            file_format = "csv"
-        else:
-            raise ValueError(
-                f"cannot tell the format of {path!r}; pass file_format='csv' or 'parquet'"
-            )
-    if file_format == "parquet":
-        return pd.read_parquet(path)
-    if file_format == "csv":
-        return pd.read_csv(path, sep="\t" if path.lower().endswith(".tsv") else ",")
-    raise ValueError(f"file_format must be 'csv' or 'parquet', got {file_format!r}")
 
 
 def _token(value: object) -> str:

@@ -459,7 +459,7 @@ class PredictionStore:
         :func:`logged_predictions_fingerprint` of the log. The fingerprint defaults to
         :func:`ids_fingerprint` of the logged ids.
         """
-        from softlabel.loop.ctr_log import read_table
+        from softlabel.loop.tables import read_table
 
         frame = read_table(path, file_format=file_format)
         columns = (

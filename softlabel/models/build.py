@@ -47,7 +47,7 @@ def build_model(
         if "_target_" not in config_or_callable:
             raise ValueError(f"model config {dict(config_or_callable)} has no _target_")
         target = get_object(str(config_or_callable["_target_"]))
-        factory = instantiate(config_or_callable, _partial_=True)
+        factory = instantiate(config_or_callable, _partial_=True, _convert_="all")
         already_set = set(config_or_callable)
     elif callable(config_or_callable):
         target = factory = config_or_callable

@@ -1,7 +1,12 @@
-"""Building the pieces of a training run from a composed Hydra config.
+"""Building the pieces of a training run from a composed Hydra config, one way for every
+data kind (classification data and ``data=text``): the data module, the models, the loss,
+the scheduler, the reference provider and the LightningModule.
 
 Every builder checks its inputs before training starts: a missing teacher, an unreadable
-checkpoint or a model of the wrong architecture or class count is reported up front.
+checkpoint, a model of the wrong architecture, class count, vocabulary or context length
+is reported up front. The reference provider is the one that the ``teacher`` or
+``previous`` config names by ``_target_`` (:mod:`softlabel.modules.providers`); frozen
+models come from :mod:`softlabel.modules.frozen`.
 """
 
 from __future__ import annotations
@@ -11,29 +16,36 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import get_object, instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from softlabel.modules.checkpoints import check_output_dim, file_sha256, load_weights
-from softlabel.modules.references import (
-    CachedTeacher,
-    LiveTeacher,
-    PreviousModelProvider,
-    ReferenceProvider,
-)
+from softlabel.modules.references import ReferenceProvider
 
 __all__ = [
+    "CAUSAL_LM",
     "absolute_path",
     "build_datamodule",
     "build_loss",
     "build_model",
+    "build_module",
     "build_reference_provider",
+    "check_context",
+    "is_causal_lm",
+    "model_label",
     "output_dim",
+    "plain",
     "scheduler_parts",
 ]
 
-TEACHER_KINDS = ("none", "live", "cached")
+#: ``datamodule.task`` of ``data=text`` (causal language modelling)
+CAUSAL_LM = "causal_lm"
+#: the config node naming the reference provider of each reference kind
+REFERENCE_ROLES = {"teacher_logits": "teacher", "previous_probs": "previous"}
+#: how messages name the model of a config node
+_LABELS = {"previous": "previous model"}
+#: config keys of a model's context length, in the order they are looked up
+_CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length")
 
 
 def absolute_path(path: str) -> str:
@@ -42,6 +54,14 @@ def absolute_path(path: str) -> str:
         return to_absolute_path(str(path))
     except ValueError:  # Hydra not initialised (programmatic use): relative to the cwd
         return os.path.abspath(str(path))
+
+
+def plain(node: Any) -> Any:
+    """``node`` as plain Python containers, interpolations resolved (a mapping or list that
+    is no OmegaConf node is returned as it is)."""
+    if OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
 
 
 def build_datamodule(cfg: DictConfig) -> Any:
@@ -57,16 +77,82 @@ def build_datamodule(cfg: DictConfig) -> Any:
     return datamodule
 
 
+def is_causal_lm(datamodule: Any) -> bool:
+    """Whether ``datamodule`` holds text blocks for a causal language model."""
+    return getattr(datamodule, "task", None) == CAUSAL_LM
+
+
 def output_dim(datamodule: Any) -> int:
-    """Number of model outputs: 1 logit for a binary task, K otherwise."""
+    """Number of model outputs: 1 logit for a binary task, K otherwise (the vocabulary of a
+    causal LM)."""
     return 1 if datamodule.task == "binary" else int(datamodule.num_classes)
 
 
-def build_model(model_cfg: DictConfig, datamodule: Any) -> nn.Module:
-    """A model from its config, given the data's input shape and output count."""
+def build_model(
+    model_cfg: Any, datamodule: Any, *, pretrained: str | None = None, role: str = "student"
+) -> nn.Module:
+    """A model from its config (``_target_`` and arguments), sized to the data.
+
+    Classification data: the target gets ``input_shape`` and ``num_classes`` when it takes
+    them and the config does not set them. Causal LMs: ``num_classes`` is the tokenizer's
+    vocabulary and the end / padding token ids come from it; ``pretrained`` (or the node's
+    own ``pretrained``) loads a local Hugging Face directory, whose ``config.json`` then
+    defines the architecture. A causal LM whose context is shorter than ``data.block_size``
+    is refused. Errors name the model by ``role``, its config node (student, teacher,
+    previous).
+    """
     from softlabel.models import build_model as build
 
-    return build(model_cfg, tuple(datamodule.input_shape), output_dim(datamodule))
+    params = plain(model_cfg)
+    if not isinstance(params, Mapping):
+        return build(params, tuple(datamodule.input_shape), output_dim(datamodule))
+    params = dict(params)
+    lm = is_causal_lm(datamodule)
+    if lm:
+        if pretrained is not None or params.get("pretrained") is not None:
+            params["pretrained"] = absolute_path(pretrained or params["pretrained"])
+            params["config"] = None
+        for name in ("eos_token_id", "pad_token_id"):
+            value = getattr(datamodule, name, None)
+            if value is not None and "_target_" in params:
+                params.setdefault(name, int(value))
+    try:
+        model = build(params, tuple(datamodule.input_shape), output_dim(datamodule))
+    except ValueError as error:
+        label = model_label(role)
+        if str(error).startswith(f"the {label}"):
+            raise
+        where = f" ({role}.pretrained={params['pretrained']!r})" if params.get("pretrained") else ""
+        raise ValueError(f"the {label}{where}: {error}") from error
+    if lm:
+        check_context(model, int(datamodule.input_shape[-1]), role)
+    return model
+
+
+def model_label(role: str) -> str:
+    """How messages name the model of the config node ``role``: ``previous`` -> ``previous
+    model``."""
+    return _LABELS.get(role, role)
+
+
+def check_context(model: nn.Module, block_size: int, role: str) -> None:
+    """ValueError when ``block_size`` tokens exceed the positions the model's config allows
+    (``n_positions``, ``max_position_embeddings``, ...): the model would fail at its first
+    step, or run beyond the context it was built for."""
+    config = getattr(model, "config", None)
+    for name in _CONTEXT_KEYS:
+        limit = getattr(config, name, None)
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            break
+    else:
+        return
+    if block_size > limit:
+        label = model_label(role)
+        raise ValueError(
+            f"data.block_size={block_size} is longer than the {label}'s context: its config "
+            f"has {name}={limit}; use data.block_size <= {limit}, or a {label} with a longer "
+            "context"
+        )
 
 
 def build_loss(cfg: DictConfig, datamodule: Any) -> nn.Module:
@@ -81,79 +167,71 @@ def build_loss(cfg: DictConfig, datamodule: Any) -> nn.Module:
     return SoftTargetLoss(source)
 
 
-def _frozen_model(
-    node: DictConfig, model_cfg: Any, datamodule: Any, role: str
-) -> tuple[nn.Module, str]:
-    checkpoint = node.get("checkpoint")
-    if checkpoint is None or OmegaConf.is_missing(node, "checkpoint"):
-        raise ValueError(
-            f"{role}.checkpoint is not set: give {role}.checkpoint=PATH to a trained {role}"
+def _missing_provider(role: str, node: Any) -> ValueError:
+    if node is not None and "kind" in node:
+        return ValueError(
+            f"{role}.kind={node.get('kind')!r}: the {role} config names its provider by "
+            "_target_ now (softlabel.modules.providers.live_teacher, cached_teacher or "
+            f"previous_model); pick a shipped option, e.g. {role}="
+            + ("mlp_large" if role == "teacher" else "mlp")
         )
-    path = absolute_path(checkpoint)
-    if not os.path.exists(path):  # a directory or bad file: load_weights says what it is
-        raise FileNotFoundError(
-            f"{role} checkpoint not found: {path!r} (from {role}.checkpoint={checkpoint!r})"
+    if role == "teacher":
+        return ValueError(
+            "this target needs a teacher, but teacher=none: pick one, e.g. "
+            "teacher=mlp_large teacher.checkpoint=PATH, or teacher=cached teacher.cache=DIR"
         )
-    model = build_model(model_cfg, datamodule)
-    load_weights(model, path, role=role, trust_checkpoint=node.get("trust_checkpoint", False))
-    check_output_dim(model, datamodule.input_shape, output_dim(datamodule), role=role)
-    return model, path
+    return ValueError(
+        "this target needs a previous model, but the previous config has no _target_: "
+        "give previous.checkpoint=PATH (previous=none: the student's architecture)"
+    )
 
 
 def build_reference_provider(
-    cfg: DictConfig, reference: str | None, datamodule: Any
+    cfg: DictConfig, reference: str | None, datamodule: Any, student: nn.Module | None = None
 ) -> tuple[ReferenceProvider | None, dict[str, Any]]:
     """The provider for the source's ``reference`` kind, and what to record about it.
 
-    ``teacher_logits``: ``cfg.teacher`` (``kind: live`` with a model config and checkpoint,
-    or ``kind: cached`` with a cache directory). ``previous_probs``: ``cfg.previous``
-    (``checkpoint`` plus ``model``, null meaning the student's architecture).
+    ``teacher_logits`` is provided by ``cfg.teacher``, ``previous_probs`` by
+    ``cfg.previous``: the node's ``_target_`` is called with its other keys (missing ones
+    as None; ``model`` as a plain mapping) and ``datamodule``, ``student`` (the built
+    student, when there is one) and ``student_config``. It returns a
+    :class:`ReferenceProvider` or ``(provider, record)``.
     """
     if reference is None:
         return None, {}
-    if reference == "teacher_logits":
-        teacher = cfg.get("teacher") or {}
-        kind = teacher.get("kind", "none")
-        if kind not in TEACHER_KINDS:
-            raise ValueError(f"teacher.kind must be one of {TEACHER_KINDS}, got {kind!r}")
-        if kind == "none":
-            raise ValueError(
-                "this target needs a teacher, but teacher=none: pick one, e.g. "
-                "teacher=mlp_large teacher.checkpoint=PATH, or teacher=cached teacher.cache=DIR"
-            )
-        if kind == "live":
-            model, path = _frozen_model(teacher, teacher.model, datamodule, "teacher")
-            return LiveTeacher(model), {
-                "teacher_checkpoint": path,
-                "teacher_sha256": file_sha256(path),
-            }
-        from softlabel.cache import open_for_datamodule
-
-        if teacher.get("cache") is None or OmegaConf.is_missing(teacher, "cache"):
-            raise ValueError(
-                "teacher.cache is not set: give teacher.cache=DIR (written by softlabel-cache)"
-            )
-        cache_dir = absolute_path(teacher.cache)
-        cache = open_for_datamodule(
-            cache_dir,
-            datamodule,
-            allow_augmentation=bool(teacher.get("allow_augmentation", False)),
-            verify=teacher.get("verify", "lazy"),
-            tail=teacher.get("tail", "bucket"),
+    if reference not in REFERENCE_ROLES:
+        raise ValueError(
+            f"unknown reference kind {reference!r}; allowed: None, "
+            + ", ".join(map(repr, REFERENCE_ROLES))
         )
-        return CachedTeacher(cache), {
-            "teacher_cache": cache_dir,
-            "teacher_sha256": cache.teacher_sha256,
-        }
-    if reference == "previous_probs":
-        previous = cfg.get("previous") or {}
-        model_cfg = previous.get("model") or cfg.student
-        model, path = _frozen_model(previous, model_cfg, datamodule, "previous")
-        provider = PreviousModelProvider(model, datamodule.task)
-        return provider, {"previous_checkpoint": path, "previous_sha256": file_sha256(path)}
-    raise ValueError(
-        f"unknown reference kind {reference!r}; allowed: None, 'teacher_logits', 'previous_probs'"
+    role = REFERENCE_ROLES[reference]
+    node = cfg.get(role)
+    if node is None or node.get("_target_") is None:
+        raise _missing_provider(role, node)
+    params = {
+        str(k): None if OmegaConf.is_missing(node, k) else plain(node[k])
+        for k in node
+        if k != "_target_"
+    }
+    factory = get_object(str(node._target_))
+    result = factory(
+        **params,
+        datamodule=datamodule,
+        student=student,
+        student_config=plain(cfg.get("student")),
     )
+    provider, record = result if isinstance(result, tuple) else (result, {})
+    if not isinstance(provider, ReferenceProvider):
+        raise TypeError(
+            f"{role}._target_={node._target_!r} returned {type(provider).__name__}, "
+            "not a ReferenceProvider"
+        )
+    if provider.kind != reference:
+        raise ValueError(
+            f"{role}._target_={node._target_!r} provides {provider.kind!r}, but the target "
+            f"needs {reference!r}"
+        )
+    return provider, dict(record)
 
 
 def scheduler_parts(cfg: DictConfig) -> tuple[Any, str]:
@@ -165,3 +243,43 @@ def scheduler_parts(cfg: DictConfig) -> tuple[Any, str]:
     params = dict(params)
     interval = params.pop("interval", "step")
     return instantiate(params, _partial_=True), interval
+
+
+def build_module(
+    cfg: DictConfig,
+    datamodule: Any,
+    student: nn.Module,
+    loss: nn.Module,
+    provider: ReferenceProvider | None,
+) -> Any:
+    """The LightningModule of the run: ``CausalLMModule`` for ``data=text`` (``cfg.lm``:
+    the linear-head loss and its chunk size), ``SoftLabelModule`` otherwise."""
+    optimizer = instantiate(cfg.optimizer, _partial_=True)
+    scheduler, interval = scheduler_parts(cfg)
+    common = {
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "scheduler_interval": interval,
+        "reference_provider": provider,
+    }
+    if is_causal_lm(datamodule):
+        from softlabel.modules.lm_module import CausalLMModule
+
+        lm = cfg.get("lm") or {}
+        return CausalLMModule(
+            student,
+            loss,
+            **common,
+            vocab_size=int(getattr(student, "vocab_size", datamodule.vocab_size)),
+            linear_head=bool(lm.get("linear_head", True)),
+            chunk_rows=lm.get("chunk_rows"),
+        )
+    from softlabel.modules.soft_label_module import SoftLabelModule
+
+    return SoftLabelModule(
+        student,
+        loss,
+        **common,
+        task=datamodule.task,
+        num_classes=output_dim(datamodule),
+    )

@@ -3,14 +3,32 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any
 
 import lightning as L
 
 from softlabel._io import atomic_write_json
+from softlabel.modules.checkpoints import HF_CONFIG_KEY
 
-__all__ = ["ParameterChecksum"]
+__all__ = ["ParameterChecksum", "SaveHFConfig"]
+
+
+class SaveHFConfig(L.Callback):
+    """Saves the student's Hugging Face config (what ``config.json`` holds) in every
+    checkpoint, under ``HF_CONFIG_KEY``, so that ``teacher.checkpoint`` or
+    ``previous.checkpoint`` rebuild its architecture; a student without one (no
+    ``config.to_json_string``) adds nothing. Plain JSON values only: the checkpoint stays
+    readable by torch's weights-only loader."""
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        config = getattr(getattr(pl_module, "student", None), "config", None)
+        to_json = getattr(config, "to_json_string", None)
+        if callable(to_json):
+            checkpoint[HF_CONFIG_KEY] = json.loads(to_json(use_diff=False))
 
 
 class ParameterChecksum(L.Callback):

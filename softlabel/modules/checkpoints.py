@@ -23,9 +23,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["check_output_dim", "extract_state_dict", "file_sha256", "load_weights"]
+__all__ = [
+    "HF_CONFIG_KEY",
+    "check_output_dim",
+    "extract_state_dict",
+    "file_sha256",
+    "load_state",
+    "load_weights",
+    "read_checkpoint",
+]
 
 STUDENT_PREFIX = "student."
+#: the key of a ``softlabel-train`` checkpoint holding the student's Hugging Face config
+#: (``config.json``'s content), from which a teacher or previous model is rebuilt
+HF_CONFIG_KEY = "hf_config"
 _MAX_LISTED = 5
 
 
@@ -177,25 +188,21 @@ def _listed(names: Sequence[str]) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > _MAX_LISTED else "")
 
 
-def load_weights(
-    model: nn.Module,
+def read_checkpoint(
     path: str | os.PathLike[str],
-    *,
     role: str = "teacher",
+    *,
     trust_checkpoint: bool = False,
     key: str | None = None,
-) -> nn.Module:
-    """Load ``path`` into ``model`` (strictly) and return the model.
-
-    The file is read with torch's weights-only unpickler: tensors and plain containers
-    (what ``softlabel-train`` and ``torch.save(model.state_dict())`` write). A checkpoint
-    holding other Python objects is refused unless ``trust_checkpoint=True``, since
-    unpickling it can run arbitrary code. ``key`` is the config key that named the file
-    (default ``"{role}.checkpoint"``), quoted in errors.
+) -> Any:
+    """The content of the checkpoint file ``path``, read with torch's weights-only
+    unpickler: tensors and plain containers (what ``softlabel-train`` and
+    ``torch.save(model.state_dict())`` write). A checkpoint holding other Python objects is
+    refused unless ``trust_checkpoint=True``, since unpickling it can run arbitrary code.
+    ``key`` is the config key that named the file (default ``"{role}.checkpoint"``).
 
     Raises FileNotFoundError for a missing file, IsADirectoryError for a directory and
-    ValueError for an unreadable, corrupt or untrusted file or for weights that do not fit
-    ``model`` (missing/unexpected keys, shape mismatches).
+    ValueError for an unreadable, corrupt or untrusted file.
     """
     path = os.fspath(path)
     if not isinstance(trust_checkpoint, bool):
@@ -203,7 +210,16 @@ def load_weights(
             f"trust_checkpoint must be true or false, got {trust_checkpoint!r} "
             f"(for the {role} checkpoint {path!r})"
         )
-    payload = _read(path, role, trust_checkpoint=trust_checkpoint, key=key)
+    return _read(path, role, trust_checkpoint=trust_checkpoint, key=key)
+
+
+def load_state(
+    model: nn.Module, payload: Any, path: str | os.PathLike[str] = "<memory>", role: str = "teacher"
+) -> nn.Module:
+    """Load the weights of a read checkpoint (:func:`read_checkpoint`) into ``model``,
+    strictly; ValueError naming ``path``, the role and every missing or unexpected key and
+    shape mismatch when they do not fit."""
+    path = os.fspath(path)
     weights = extract_state_dict(payload, path, role)
     expected = model.state_dict()
     missing = [k for k in expected if k not in weights]
@@ -228,6 +244,20 @@ def load_weights(
         )
     model.load_state_dict(weights, strict=True)
     return model
+
+
+def load_weights(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    role: str = "teacher",
+    trust_checkpoint: bool = False,
+    key: str | None = None,
+) -> nn.Module:
+    """Load the checkpoint file ``path`` into ``model`` (strictly) and return the model:
+    :func:`read_checkpoint`, then :func:`load_state`."""
+    payload = read_checkpoint(path, role, trust_checkpoint=trust_checkpoint, key=key)
+    return load_state(model, payload, path, role)
 
 
 @torch.no_grad()

@@ -77,7 +77,8 @@ class FrozenModelProvider(ReferenceProvider):
     @torch.no_grad()
     def logits(self, x: Tensor) -> Tensor:
         """The frozen model's raw outputs on ``x``; ValueError if the model sits on another
-        device than the batch."""
+        device than the batch. Floating inputs are cast to the model's floating dtype (a
+        teacher held in bfloat16) and its outputs back to the inputs' dtype."""
         first = next(iter(self.model.parameters()), None)
         device = None if first is not None and first.device == x.device else self.device
         if device is not None and device != x.device:
@@ -86,6 +87,13 @@ class FrozenModelProvider(ReferenceProvider):
                 f"batch is on {x.device}: keep it on the student's device (a provider inside "
                 "SoftLabelModule moves with it; do not move the model inside it separately)"
             )
+        if (
+            first is not None
+            and first.is_floating_point()
+            and x.is_floating_point()
+            and x.dtype != first.dtype
+        ):
+            return self.model(x.to(first.dtype)).detach().to(x.dtype)
         return self.model(x).detach()
 
 

@@ -31,6 +31,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from softlabel._io import atomic_write
 
 __all__ = [
+    "CHECKPOINT_DIR",
     "HYDRA_STARTED_DIR",
     "LOCK_FILE",
     "HydraFiles",
@@ -43,6 +44,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "train.lock"
+#: where the run's checkpoints go (``last.ckpt``, ``best.ckpt``)
+CHECKPOINT_DIR = "checkpoints"
 HYDRA_STARTED_DIR = "started"
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 # An unreadable lock file younger than this is a lock being written, not a broken one.

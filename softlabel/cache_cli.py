@@ -9,7 +9,6 @@ answers at once.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,10 @@ from softlabel._conf import CONF_DIR
 __all__ = ["CONF_DIR", "build_cache", "main"]
 
 
-def _required(cfg: DictConfig, key: str, hint: str, *, name: str | None = None) -> Any:
+def _required(cfg: DictConfig, key: str, hint: str) -> Any:
     """``cfg[key]``, or a ValueError naming the key when it is missing or null."""
     if OmegaConf.is_missing(cfg, key) or cfg.get(key) is None:
-        raise ValueError(f"{name or key} is not set: {hint}")
+        raise ValueError(f"{key} is not set: {hint}")
     return cfg[key]
 
 
@@ -42,72 +41,67 @@ def _check_options(cfg: DictConfig) -> None:
         raise ValueError(f"batch_size={cfg.batch_size!r} must be a positive integer")
 
 
-def _is_text(cfg: DictConfig) -> bool:
-    return str((cfg.get("data") or {}).get("_target_", "")).endswith("TextDataModule")
+def _check_teacher(cfg: DictConfig) -> None:
+    """The teacher config must name a teacher model (``live_teacher``), not a cache."""
+    from hydra.utils import get_object
+
+    from softlabel.modules.providers import live_teacher
+
+    target = (cfg.get("teacher") or {}).get("_target_")
+    if target is None or get_object(str(target)) is not live_teacher:
+        raise ValueError(
+            f"teacher._target_={target!r}: softlabel-cache runs a teacher model, e.g. "
+            "teacher=mlp_large teacher.checkpoint=PATH (or teacher=hf_causal_lm "
+            "teacher.pretrained=DIR), not teacher=cached or teacher=none"
+        )
 
 
 def build_cache(cfg: DictConfig) -> Path:
-    """Run ``cfg.teacher`` over every index of ``cfg.data`` and write the cache at ``cfg.out``."""
-    teacher_cfg = cfg.teacher
-    kind = teacher_cfg.get("kind", "live")
-    if kind != "live":
-        raise ValueError(
-            f"teacher.kind={kind!r}: softlabel-cache needs a teacher model and its checkpoint, "
-            "e.g. teacher=mlp_large teacher.checkpoint=PATH"
-        )
-    if _is_text(cfg):
-        out = _required(cfg, "out", "give out=DIR, the cache directory to write")
-        _check_options(cfg)
-        return _build_sequence_cache(cfg, out)
-    checkpoint = _required(
-        teacher_cfg,
-        "checkpoint",
-        "give teacher.checkpoint=PATH to the trained teacher's weights",
-        name="teacher.checkpoint",
-    )
+    """Run ``cfg.teacher`` over every index of ``cfg.data`` and write the cache at ``cfg.out``:
+    one row of K logits per item, or for ``data=text`` a row of shape (block_size, V) per
+    block (dense), or the top-k ids, their log-probabilities and the log tail mass."""
+    _check_teacher(cfg)
     out = _required(cfg, "out", "give out=DIR, the cache directory to write")
     _check_options(cfg)
 
     import torch
 
-    from softlabel.modules.build import absolute_path, build_datamodule, build_model
-    from softlabel.modules.checkpoints import check_output_dim, file_sha256, load_weights
+    from softlabel.modules.build import (
+        absolute_path,
+        build_datamodule,
+        build_reference_provider,
+        is_causal_lm,
+    )
+    from softlabel.modules.frozen import output_rows
 
     out_path = Path(absolute_path(out))
-    checkpoint_path = absolute_path(checkpoint)
-    if not os.path.exists(checkpoint_path):  # a directory: load_weights says so
-        raise FileNotFoundError(
-            f"teacher checkpoint not found: {checkpoint_path!r} (from teacher.checkpoint={checkpoint!r})"
-        )
     datamodule = build_datamodule(cfg)
-    if datamodule.task != "multiclass":
+    lm = is_causal_lm(datamodule)
+    if not lm and datamodule.task != "multiclass":
         raise ValueError(
             f"data task={datamodule.task!r}: a teacher cache holds multiclass logits (K >= 2)"
         )
-    num_classes = int(datamodule.num_classes)
-    teacher = build_model(teacher_cfg.model, datamodule)
-    load_weights(
-        teacher,
-        checkpoint_path,
-        role="teacher",
-        trust_checkpoint=teacher_cfg.get("trust_checkpoint", False),
-    )
-    check_output_dim(teacher, datamodule.input_shape, num_classes, role="teacher")
+    provider, record = build_reference_provider(cfg, "teacher_logits", datamodule)
+    assert provider is not None
+    teacher = provider.model
     device = torch.device(cfg.device)
     teacher.to(device).eval()
 
-    recorded = OmegaConf.to_container(teacher_cfg, resolve=True)
+    recorded = OmegaConf.to_container(cfg.teacher, resolve=True)
     assert isinstance(recorded, dict)
-    recorded["checkpoint"] = checkpoint_path
+    for key in ("checkpoint", "pretrained"):  # made absolute
+        if f"teacher_{key}" in record:
+            recorded[key] = record[f"teacher_{key}"]
     return _write(
         cfg,
         out_path,
         datamodule,
         teacher,
         device,
-        num_classes,
-        file_sha256(checkpoint_path),
+        output_rows(teacher) if lm else int(datamodule.num_classes),
+        record["teacher_sha256"],
         recorded,
+        row_shape=tuple(datamodule.input_shape) if lm else (),
     )
 
 
@@ -154,36 +148,6 @@ def _write(
             for x, _, index in batches:
                 writer.write(index, teacher(x.to(device)).float().cpu())
         return writer.commit()
-
-
-def _build_sequence_cache(cfg: DictConfig, out: str) -> Path:
-    """A causal-LM teacher's logits at every position of every block of ``data=text``:
-    rows of shape (block_size, V) per dataset index (dense), or the top-k ids, their
-    log-probabilities and the log tail mass per position."""
-    import torch
-
-    from softlabel.modules.build import absolute_path, build_datamodule
-    from softlabel.modules.lm_build import frozen_lm
-
-    out_path = Path(absolute_path(out))
-    datamodule = build_datamodule(cfg)
-    teacher, record = frozen_lm(cfg.teacher, datamodule, "teacher")
-    device = torch.device(cfg.device)
-    teacher.to(device).eval()
-    recorded = OmegaConf.to_container(cfg.teacher, resolve=True)
-    assert isinstance(recorded, dict)
-    recorded.update({k: v for k, v in record.items() if not k.endswith("sha256")})
-    return _write(
-        cfg,
-        out_path,
-        datamodule,
-        teacher,
-        device,
-        int(teacher.vocab_size),
-        record["teacher_sha256"],
-        recorded,
-        row_shape=tuple(datamodule.input_shape),
-    )
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="cache")
