@@ -80,7 +80,8 @@ def arrays(spec: LossSpec) -> int:
     """(chunk_rows, K) arrays one chunk of the chunk math touches: the logits, a dense or
     head teacher's rows, the gradient and the mode's work buffers."""
     teacher = reference_kind(spec.teacher) in ("logits", "head")
-    return 1 + teacher + 1 + MODES[spec.mode].work_buffers(spec)
+    mode = MODES[spec.mode]
+    return 1 + teacher + 1 + mode.work_buffers(spec) + mode.temporaries(spec)
 
 
 def default_chunk_rows(
@@ -147,7 +148,7 @@ class _LogitRows:
         return False
 
     def teacher_buffer(self, rows: int, teacher: LinearHead) -> Tensor:
-        return teacher.hidden.new_empty((rows, self.k))
+        return teacher.hidden.new_empty((rows, teacher.weight.shape[0]))
 
     def rows(self, a: int, b: int, g: Tensor) -> Tensor:
         return self.logits[a:b]
@@ -224,7 +225,7 @@ class _HeadRows:
         return self.counts is not None and self.counts[index] == 0  # every row ignored
 
     def teacher_buffer(self, rows: int, teacher: LinearHead) -> Tensor:
-        return teacher.hidden.new_empty((rows, self.k))
+        return teacher.hidden.new_empty((rows, teacher.weight.shape[0]))
 
     def rows(self, a: int, b: int, g: Tensor) -> Tensor:
         return self.head.logits_into(a, b, self._buffers[1][: b - a])

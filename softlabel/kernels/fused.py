@@ -124,7 +124,9 @@ def fused_soft_target_loss(
     if engine_mode.teacher:
         if teacher is None:
             raise ValueError(f"teacher logits are required for mode={mode!r}")
-        changes["teacher"] = check_reference(teacher, logits, engine_mode.teacher)
+        changes["teacher"] = check_reference(
+            teacher, logits, engine_mode.teacher, engine_mode.any_vocabulary
+        )
     elif teacher is not None:
         raise ValueError(f"teacher is only used by modes that read one, got mode={mode!r}")
     if engine_mode.previous:
