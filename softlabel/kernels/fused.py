@@ -18,13 +18,8 @@ from softlabel.kernels.checks import (
     check_prior,
     prepare,
 )
-from softlabel.kernels.engine import (
-    CHUNK_BYTES,
-    DEFAULT_CHUNK_BYTES,
-    LogitLoss,
-    default_chunk_rows,
-    logits_per_row,
-)
+from softlabel.kernels.chunks import CHUNK_BYTES, DEFAULT_CHUNK_BYTES, default_chunk_rows
+from softlabel.kernels.engine import LogitLoss, logits_per_row
 from softlabel.kernels.modes import MODES as _MODES
 from softlabel.kernels.references import TopKLogits, check_reference
 from softlabel.kernels.spec import LossSpec
