@@ -112,6 +112,8 @@ def build_model(
         if pretrained is not None or params.get("pretrained") is not None:
             params["pretrained"] = absolute_path(pretrained or params["pretrained"])
             params["config"] = None
+            if str(params.get("_target_", "")).endswith("hf_causal_lm"):
+                params.setdefault("setting", f"{role}.pretrained")  # named in its errors
         for name in ("eos_token_id", "pad_token_id"):
             value = getattr(datamodule, name, None)
             if value is not None and "_target_" in params:
@@ -120,7 +122,7 @@ def build_model(
         model = build(params, tuple(datamodule.input_shape), output_dim(datamodule))
     except ValueError as error:
         label = model_label(role)
-        if str(error).startswith(f"the {label}"):
+        if str(error).startswith((f"the {label}", f"{role}.pretrained=")):
             raise
         where = f" ({role}.pretrained={params['pretrained']!r})" if params.get("pretrained") else ""
         raise ValueError(f"the {label}{where}: {error}") from error
