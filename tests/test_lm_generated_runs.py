@@ -112,7 +112,12 @@ def test_seq_kd_with_hard_labels_end_to_end(files, tmp_path):
             r"max_new_tokens=12 with lm.on_policy.prompt_tokens=8: allowed an integer in 1..8",
         ),
         (["target=hard", "lm.on_policy.fraction=0.5"], ValueError, r"needs no teacher"),
-        (["target=hard", "lm.seq_kd=true"], ValueError, r"exactly one of teacher.checkpoint"),
+        (["target=hard", "lm.seq_kd=true"], ValueError, r"lm.seq_kd=true needs a teacher"),
+        (
+            ["target=hard", "lm.seq_kd=true", "teacher=hf_causal_lm"],
+            ValueError,
+            r"exactly one of teacher.checkpoint",
+        ),
     ],
 )
 def test_refused_before_training_leaving_nothing(files, tmp_path, extra, error, message):

@@ -28,7 +28,7 @@ if part teacher && [ ! -f "$OUT/teacher.json" ]; then
 fi
 if part cache && [ ! -f "$OUT/caches/top32/manifest.json" ]; then
   /usr/bin/env time -f "cache: %e s wall, %U s user, %S s system" \
-    "$PYTHON" -m softlabel.cache.cli "${DATA[@]}" teacher=hf_causal_lm \
+    "$PYTHON" -m softlabel.cache_cli "${DATA[@]}" teacher=hf_causal_lm \
     "teacher.pretrained=$TEACHER" out="$OUT/caches/top32" kind=topk k=32 batch_size=8 \
     progress=false hydra.run.dir="$OUT/caches/logs"
 fi

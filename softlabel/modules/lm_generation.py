@@ -197,6 +197,12 @@ def lm_generation_options(
     generation = None
     if fraction > 0 or seq_kd:
         generation = generation_settings(on_policy, block_size)
+        if seq_kd and not teacher_target:
+            raise ValueError(
+                "lm.seq_kd=true needs a teacher to generate the continuations, but teacher="
+                "none: use teacher=hf_causal_lm teacher.pretrained=DIR_OR_GGUF (or "
+                "teacher.checkpoint=PATH)"
+            )
         if str(teacher_target or "").endswith("cached_teacher"):
             given = f"lm.on_policy.fraction={fraction}" if fraction > 0 else "lm.seq_kd=true"
             raise ValueError(
