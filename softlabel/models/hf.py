@@ -227,10 +227,9 @@ def hf_causal_lm(
         model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=DTYPES[dtype])
     wrapped = CausalLM(model)
     if num_classes is not None and wrapped.vocab_size < int(num_classes):
-        where = "" if pretrained is None else f"{setting}={pretrained!r}: "
         raise ValueError(
-            f"{where}the model has {wrapped.vocab_size} output rows but the data's tokenizer "
-            f"has {int(num_classes)} token ids: use a model of this tokenizer's vocabulary"
+            f"the model has {wrapped.vocab_size} output rows but the data's tokenizer has "
+            f"{int(num_classes)} token ids: use a model of this tokenizer's vocabulary"
         )
     wrapped.check_linear_head()
     return wrapped
