@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-EXTRAS ?= dev,datasets,docs,tensorboard,hf,submitit
+EXTRAS ?= dev,datasets,docs,tensorboard,hf,gguf,submitit
 
 .PHONY: install train test lint format docs bench clean
 

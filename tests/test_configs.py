@@ -87,7 +87,7 @@ def _forward(model_cfg, shape=(3, 16, 16)):
 
 
 #: Model options for data=text (causal language models), composed with that data.
-LM_OPTIONS = ("hf_causal_lm",)
+LM_OPTIONS = ("hf_causal_lm", "hf_llama")
 #: The reference providers that teacher and previous configs name by _target_.
 LIVE = "softlabel.modules.providers.live_teacher"
 CACHED = "softlabel.modules.providers.cached_teacher"
@@ -114,6 +114,9 @@ def test_language_model_configs(option, tmp_path):
     student = build_model(cfg.student, datamodule)
     assert student.vocab_size == datamodule.vocab_size == 258
     assert student.eval()(torch.zeros(2, 16, dtype=torch.long)).shape == (2, 16, 258)
+    assert student.linear_head
+    if option not in _options("teacher"):
+        return
     teacher_cfg = _compose("data=text", f"teacher={option}", "teacher.checkpoint=x.ckpt").teacher
     assert teacher_cfg._target_ == LIVE and teacher_cfg.checkpoint == "x.ckpt"
     assert teacher_cfg.model.config is None  # the architecture saved with the checkpoint

@@ -14,7 +14,13 @@ APPS = ("softlabel.train", "softlabel.cache_cli", "softlabel.compare", "softlabe
 LIGHTNING = ("softlabel.modules",)
 #: the layers of the libraries, bottom up: a module imports from its own layer or below
 LAYERS = (
-    ("softlabel._io", "softlabel._conf", "softlabel.schedules", "softlabel.kernels"),
+    (
+        "softlabel._io",
+        "softlabel._conf",
+        "softlabel._hf_files",
+        "softlabel.schedules",
+        "softlabel.kernels",
+    ),
     ("softlabel.functional",),
     ("softlabel.targets",),
     ("softlabel.loss",),

@@ -3,6 +3,7 @@ composes with softlabel-train's config and instantiates its target (no training)
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,9 @@ COMPARE_CONFIGS = sorted(
 
 def _recipe(path: Path, tmp_path: Path) -> dict:
     overrides = [f"hydra.searchpath=[file://{CONF_DIR}]", f"out={tmp_path}"]
-    if "cache_root: ???" in path.read_text():  # recipes whose run.sh writes teacher caches first
-        overrides.append(f"cache_root={tmp_path / 'caches'}")
+    # paths that a recipe's run.sh sets (its teacher caches, a teacher file): any path composes
+    for key in re.findall(r"^(\w+): \?\?\?", path.read_text(), flags=re.MULTILINE):
+        overrides.append(f"{key}={tmp_path / key}")
     with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
         cfg = compose(path.stem, overrides=overrides)
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -3,8 +3,8 @@
 The byte-level tokenizer needs nothing: ids 0..255 are the bytes of the UTF-8 text, 256
 ends a document, 257 pads (vocabulary 258), as in byte-level language models (ByT5,
 Xue et al. 2022, without its offset of 3 special ids). A Hugging Face tokenizer is read
-from a local directory only (``local_files_only=True``); ``transformers`` is imported on
-that path alone.
+from a local directory or GGUF file only (``local_files_only=True``,
+``trust_remote_code=False``); ``transformers`` is imported on that path alone.
 """
 
 from __future__ import annotations
@@ -19,6 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from softlabel._hf_files import (
+    LOCAL,
+    check_no_custom_code,
+    gguf_architecture,
+    gguf_location,
+    is_gguf,
+)
 from softlabel._io import atomic_write_json
 
 __all__ = [
@@ -95,14 +102,26 @@ class ByteTokenizer:
         return (str(path),)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> ByteTokenizer:
-        """Read a directory written by ``save_pretrained``, checking its description."""
+    def from_pretrained(
+        cls, directory: str | os.PathLike, setting: str = "data.tokenizer"
+    ) -> ByteTokenizer:
+        """Read a directory written by ``save_pretrained``, checking its description; errors
+        name the file and ``setting``."""
         path = Path(directory) / BYTE_TOKENIZER_FILE
-        config = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(
+                f"{setting}={os.fspath(directory)!r}: {path} is not valid JSON ({error}); "
+                "it should hold the byte tokenizer's description: write it again with "
+                "ByteTokenizer().save_pretrained(DIR), or set data.tokenizer=null "
+                "(byte-level)"
+            ) from error
         tokenizer = cls()
         if config != tokenizer.config():
             raise ValueError(
-                f"{path} describes {config}; this version's byte tokenizer is {tokenizer.config()}"
+                f"{setting}={os.fspath(directory)!r}: {path} describes {config}; this "
+                f"version's byte tokenizer is {tokenizer.config()}"
             )
         return tokenizer
 
@@ -110,43 +129,26 @@ class ByteTokenizer:
         return "ByteTokenizer(vocab_size=258, eos_token_id=256, pad_token_id=257)"
 
 
-def load_tokenizer(spec: Any) -> Any:
-    """``None`` -> :class:`ByteTokenizer`; a directory -> its tokenizer; an object -> itself.
+def load_tokenizer(spec: Any, setting: str = "data.tokenizer") -> Any:
+    """``None`` -> :class:`ByteTokenizer`; a directory or GGUF file -> its tokenizer; an
+    object -> itself. Errors name ``setting``.
 
     A directory holding ``byte_tokenizer.json`` gives a ``ByteTokenizer``; any other is
-    read with ``transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)``.
-    A Hugging Face tokenizer must have an end-of-document token (``eos_token``): documents
-    are packed together and the model has to see where one ends.
+    read with ``transformers.AutoTokenizer.from_pretrained(path, local_files_only=True,
+    trust_remote_code=False)`` (a directory declaring ``auto_map`` is refused), and a
+    ``.gguf`` file with ``gguf_file=`` (the ``gguf`` extra). A Hugging Face tokenizer
+    must have an end-of-document token (``eos_token``): documents are packed together and
+    the model has to see where one ends.
     """
     if spec is None or isinstance(spec, ByteTokenizer):
         return spec if spec is not None else ByteTokenizer()
     if isinstance(spec, str | os.PathLike):
-        path = Path(spec).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(
-                f"tokenizer={str(spec)!r}: no such directory ({path.absolute()}); give the "
-                "directory of a saved Hugging Face tokenizer, or null for byte-level"
-            )
-        if not path.is_dir():
-            raise NotADirectoryError(
-                f"tokenizer={str(spec)!r} is a file; give the directory holding it"
-            )
-        if (path / BYTE_TOKENIZER_FILE).is_file():
-            return ByteTokenizer.from_pretrained(path)
-        try:
-            from transformers import AutoTokenizer
-        except ImportError as error:  # pragma: no cover - transformers is a dependency
-            raise ImportError(f"tokenizer={str(spec)!r} needs the transformers package") from error
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError) as error:
-            raise ValueError(
-                f"tokenizer={str(spec)!r}: cannot load a Hugging Face tokenizer from {path}: "
-                f"{type(error).__name__}: {error}"
-            ) from error
-        where = f"tokenizer={str(spec)!r}"
+        tokenizer = _load_local(spec, setting)
+        if isinstance(tokenizer, ByteTokenizer):
+            return tokenizer
+        where = f"{setting}={str(spec)!r}"
     else:
-        tokenizer, where = spec, f"tokenizer={type(spec).__name__}"
+        tokenizer, where = spec, f"{setting}={type(spec).__name__}"
     if getattr(tokenizer, "eos_token_id", None) is None:
         raise ValueError(
             f"{where} has no eos_token; documents are separated by it: set eos_token "
@@ -154,6 +156,42 @@ def load_tokenizer(spec: Any) -> Any:
             "save_pretrained)"
         )
     return tokenizer
+
+
+def _load_local(spec: str | os.PathLike, setting: str) -> Any:
+    """The tokenizer of a local directory or GGUF file (see :func:`load_tokenizer`)."""
+    path = Path(spec).expanduser()
+    given = f"{setting}={str(spec)!r}"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{given}: no such directory or file ({path.absolute()}); give the directory of a "
+            "saved Hugging Face tokenizer, a .gguf file, or null for byte-level"
+        )
+    gguf = is_gguf(path) and path.is_file()
+    if not path.is_dir() and not gguf:
+        raise NotADirectoryError(
+            f"{given} is a file; give the directory holding it (or a .gguf file)"
+        )
+    if not gguf and (path / BYTE_TOKENIZER_FILE).is_file():
+        return ByteTokenizer.from_pretrained(path, setting)
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as error:  # pragma: no cover - transformers is a dependency
+        raise ImportError(f"{given} needs the transformers package") from error
+    if gguf:
+        directory, name = gguf_location(path, setting)
+        gguf_architecture(path, setting)  # a readable GGUF header, or a clear error
+        where, extra = directory, {"gguf_file": name}
+    else:
+        check_no_custom_code(path, setting, "tokenizer")
+        where, extra = str(path), {}
+    try:
+        return AutoTokenizer.from_pretrained(where, **extra, **LOCAL)
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"{given}: cannot load a Hugging Face tokenizer from {path}: "
+            f"{type(error).__name__}: {error}"
+        ) from error
 
 
 def tokenizer_vocab_size(tokenizer: Any) -> int:

@@ -1,8 +1,8 @@
 """Hugging Face causal language models behind softlabel's model interface.
 
 ``hf_causal_lm`` builds any ``transformers`` ``AutoModelForCausalLM``, either from a local
-directory (``pretrained=DIR``, ``local_files_only=True``: nothing is ever downloaded) or
-from a config (``config={model_type: gpt2, n_layer: 2, ...}``, random init through
+directory or GGUF file (``pretrained=DIR`` or ``pretrained=FILE.gguf``, local files only
+and never code from the directory: ``softlabel._hf_files``) or from a config (``config={model_type: gpt2, n_layer: 2, ...}``, random init through
 ``AutoModelForCausalLM.from_config``), and wraps it in :class:`CausalLM`:
 
 - ``model(input_ids)`` -> logits ``(B, L, V)``;
@@ -24,6 +24,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from softlabel._hf_files import (
+    LOCAL,
+    check_no_custom_code,
+    gguf_architecture,
+    gguf_location,
+    is_gguf,
+)
+
 __all__ = ["CausalLM", "check_vocabularies", "hf_causal_lm"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -38,6 +46,7 @@ def _transformers() -> Any:
             "pip install 'softlabel[hf]'"
         ) from error
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     return transformers
 
 
@@ -137,6 +146,44 @@ def _config_from_mapping(
         raise ValueError(f"config.model_type={model_type!r}: {error}") from error
 
 
+def _from_directory(transformers: Any, path: str, setting: str, dtype: torch.dtype) -> Any:
+    """A model saved by ``save_pretrained`` in ``path`` (no code from the directory)."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        what = "does not exist" if not os.path.exists(path) else "has no config.json"
+        raise FileNotFoundError(
+            f"{setting}={path!r}: {what}; give a local directory written by save_pretrained "
+            "or a .gguf file (models are never downloaded)"
+        )
+    check_no_custom_code(path, setting, "model")
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **LOCAL)
+
+
+def _from_gguf(transformers: Any, path: str, setting: str, dtype: torch.dtype) -> Any:
+    """A causal LM from a GGUF file: ``transformers`` dequantizes it to float32, and its
+    weights are loaded into a plain model of the same config (the dequantized model is
+    marked quantized and could not be saved with ``save_pretrained``)."""
+    directory, name = gguf_location(path, setting)
+    architecture = gguf_architecture(path, setting)
+    try:
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(
+            directory, gguf_file=name, dtype=torch.float32, **LOCAL
+        )
+    except (ValueError, KeyError, OSError) as error:
+        raise ValueError(
+            f"{setting}={path!r}: a GGUF file of architecture {architecture!r} that "
+            f"transformers cannot load as a causal language model ({type(error).__name__}: "
+            f"{str(error).strip()[:300]})"
+        ) from error
+    params = loaded.config.to_dict()
+    params.pop("quantization_config", None)
+    params.pop("_name_or_path", None)
+    config = type(loaded.config).from_dict(params)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    del loaded
+    return model.to(dtype).eval()
+
+
 def hf_causal_lm(
     pretrained: str | None = None,
     config: Mapping[str, Any] | None = None,
@@ -145,21 +192,24 @@ def hf_causal_lm(
     dtype: str = "float32",
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
+    setting: str = "pretrained",
 ) -> CausalLM:
-    """A ``transformers`` causal LM from a local directory or a config.
+    """A ``transformers`` causal LM from a local directory, a GGUF file or a config.
 
     Exactly one of ``pretrained`` (a local directory holding ``config.json`` and weights,
-    read with ``local_files_only=True``) and ``config`` (a mapping with ``model_type`` and
-    that model's config fields; random initialisation) is given. ``num_classes`` is the
-    data's vocabulary: a built model gets ``vocab_size = num_classes`` unless the config
-    sets a larger one; a pretrained model must have at least that many output rows.
-    ``dtype``: float32, bfloat16 or float16 weights (a frozen teacher may use bfloat16;
-    a student trains in float32 and uses ``trainer.precision`` for mixed precision).
+    or a ``.gguf`` file, which needs ``softlabel[gguf]``; local files only and
+    ``trust_remote_code=False``) and ``config`` (a mapping with ``model_type`` and that
+    model's config fields; random initialisation) is given. ``num_classes`` is the data's
+    vocabulary: a built model gets ``vocab_size = num_classes`` unless the config sets a
+    larger one; a pretrained model must have at least that many output rows. ``dtype``:
+    float32, bfloat16 or float16 weights (a frozen teacher may use bfloat16; a student
+    trains in float32 and uses ``trainer.precision`` for mixed precision). ``setting``
+    names ``pretrained`` in error messages (e.g. ``teacher.pretrained``).
     """
     if (pretrained is None) == (config is None):
         raise ValueError(
             "hf_causal_lm needs exactly one of pretrained=DIR (a local Hugging Face model "
-            "directory) and config={model_type: ..., ...} (a new model), got "
+            "directory or .gguf file) and config={model_type: ..., ...} (a new model), got "
             f"pretrained={pretrained!r}, config={None if config is None else dict(config)!r}"
         )
     if dtype not in DTYPES:
@@ -168,16 +218,9 @@ def hf_causal_lm(
     special = {"eos_token_id": eos_token_id, "bos_token_id": eos_token_id}
     special["pad_token_id"] = pad_token_id
     if pretrained is not None:
-        path = os.path.abspath(os.fspath(pretrained))
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            what = "does not exist" if not os.path.exists(path) else "has no config.json"
-            raise FileNotFoundError(
-                f"pretrained={pretrained!r}: {path!r} {what}; give a local directory written "
-                "by save_pretrained (models are never downloaded)"
-            )
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, dtype=DTYPES[dtype]
-        )
+        path = os.path.abspath(os.path.expanduser(os.fspath(pretrained)))
+        load = _from_gguf if is_gguf(path) else _from_directory
+        model = load(transformers, path, setting, DTYPES[dtype])
     else:
         assert config is not None
         hf_config = _config_from_mapping(transformers, config, num_classes, special)

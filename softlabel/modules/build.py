@@ -112,6 +112,8 @@ def build_model(
         if pretrained is not None or params.get("pretrained") is not None:
             params["pretrained"] = absolute_path(pretrained or params["pretrained"])
             params["config"] = None
+            if str(params.get("_target_", "")).endswith("hf_causal_lm"):
+                params.setdefault("setting", f"{role}.pretrained")  # named in its errors
         for name in ("eos_token_id", "pad_token_id"):
             value = getattr(datamodule, name, None)
             if value is not None and "_target_" in params:
@@ -120,7 +122,7 @@ def build_model(
         model = build(params, tuple(datamodule.input_shape), output_dim(datamodule))
     except ValueError as error:
         label = model_label(role)
-        if str(error).startswith(f"the {label}"):
+        if str(error).startswith((f"the {label}", f"{role}.pretrained=")):
             raise
         where = f" ({role}.pretrained={params['pretrained']!r})" if params.get("pretrained") else ""
         raise ValueError(f"the {label}{where}: {error}") from error
@@ -245,15 +247,30 @@ def scheduler_parts(cfg: DictConfig) -> tuple[Any, str]:
     return instantiate(params, _partial_=True), interval
 
 
+def lm_generation(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
+    """The checked on-policy / seq_kd options of a causal-LM run (``cfg.lm``), see
+    :func:`softlabel.modules.lm_generation.lm_generation_options`; called before any model
+    is built, so a bad setting costs nothing."""
+    from softlabel.modules.lm_generation import lm_generation_options
+
+    teacher = cfg.get("teacher") or {}
+    block_size = int(datamodule.input_shape[-1])
+    return lm_generation_options(cfg.get("lm"), block_size, teacher.get("_target_"))
+
+
 def build_module(
     cfg: DictConfig,
     datamodule: Any,
     student: nn.Module,
     loss: nn.Module,
     provider: ReferenceProvider | None,
+    *,
+    seq_kd_teacher: nn.Module | None = None,
 ) -> Any:
     """The LightningModule of the run: ``CausalLMModule`` for ``data=text`` (``cfg.lm``:
-    the linear-head loss and its chunk size), ``SoftLabelModule`` otherwise."""
+    the linear-head loss and its chunk size, on-policy and seq_kd generation;
+    ``seq_kd_teacher`` generates when the target needs no teacher reference),
+    ``SoftLabelModule`` otherwise."""
     optimizer = instantiate(cfg.optimizer, _partial_=True)
     scheduler, interval = scheduler_parts(cfg)
     common = {
@@ -273,6 +290,11 @@ def build_module(
             vocab_size=int(getattr(student, "vocab_size", datamodule.vocab_size)),
             linear_head=bool(lm.get("linear_head", True)),
             chunk_rows=lm.get("chunk_rows"),
+            seq_kd_teacher=seq_kd_teacher,
+            eos_token_id=getattr(datamodule, "eos_token_id", None),
+            pad_token_id=getattr(datamodule, "pad_token_id", None),
+            seed=int(cfg.get("seed") or 0),
+            **lm_generation(cfg, datamodule),
         )
     from softlabel.modules.soft_label_module import SoftLabelModule
 

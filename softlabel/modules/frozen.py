@@ -2,7 +2,8 @@
 
 A frozen model comes from ``checkpoint=PATH`` (a ``softlabel-train`` checkpoint or a
 ``torch.save(model.state_dict())`` file, read with torch's weights-only loader) or, for a
-causal LM, ``pretrained=DIR`` (a local Hugging Face directory), never both. Its
+causal LM, ``pretrained=DIR`` (a local Hugging Face directory or a ``.gguf`` file), never
+both. Its
 architecture is the ``model`` config; a causal LM's may instead come from the checkpoint:
 ``softlabel-train`` saves the student's Hugging Face config in every checkpoint (older
 checkpoints: the run's ``.hydra/config.yaml`` beside ``checkpoints/``), and an explicit
@@ -46,8 +47,12 @@ _HYDRA_CONFIG = os.path.join(".hydra", "config.yaml")
 
 
 def directory_sha256(path: str) -> str:
-    """Hex SHA-256 over a directory's files (relative names and contents, sorted)."""
+    """Hex SHA-256 over a directory's files (relative names and contents, sorted), or of
+    the file itself when ``path`` is one (a ``.gguf`` model)."""
     import hashlib
+
+    if os.path.isfile(path):
+        return file_sha256(path)
 
     digest = hashlib.sha256()
     for root, dirs, files in os.walk(path):

@@ -15,19 +15,32 @@ accumulation and every process, so ``accumulate_grad_batches=a`` with micro-batc
 ``num_items_in_batch``). Each micro-batch backpropagates its token sum; before the
 optimizer step (and before gradient clipping) the gradients are multiplied by
 ``a * world_size / N_step``, undoing Lightning's division by ``a`` and the data-parallel
-mean over processes.
+mean over processes. Only scored tokens count: on a generated batch, the continuation's.
+
+Generated batches (``softlabel.modules.lm_generation``): with ``on_policy_fraction`` > 0
+(GKD's ``lmbda``) that share of the micro-batches is replaced by the student's sampled
+continuations of the blocks' prompts, with ``seq_kd`` the other batches by the teacher's;
+the teacher then scores exactly those ids, and the prompt positions are ignored.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from softlabel.modules.lm_generation import (
+    GenerationSettings,
+    check_fraction,
+    draws_on_policy,
+    generate_continuations,
+    hf_generator,
+)
 from softlabel.modules.lm_metrics import build_lm_metrics
-from softlabel.modules.references import FrozenModelProvider, ReferenceProvider
+from softlabel.modules.references import FrozenModelProvider, LiveTeacher, ReferenceProvider
 from softlabel.modules.soft_label_module import SoftLabelModule
 
 __all__ = ["IGNORE_INDEX", "CausalLMModule", "next_tokens", "shift_for_causal_lm"]
@@ -67,6 +80,13 @@ class CausalLMModule(SoftLabelModule):
     of the teacher's logits to use (``vocab_size`` when the teacher's vocabulary is a padded
     superset; see ``softlabel.models.hf.check_vocabularies``). ``linear_head``: use the
     linear-head loss when possible (False: always materialize the logits).
+
+    ``generation`` (prompt and sampling settings), ``on_policy_fraction`` (the share of
+    micro-batches the student continues), ``seq_kd`` (the teacher continues the others;
+    ``seq_kd_teacher`` is that teacher when the target needs no teacher reference, e.g.
+    ``target=hard``: Kim and Rush's sequence-level KD), ``eos_token_id`` and
+    ``pad_token_id`` (the data's) and ``seed`` (of the on-policy draws) configure
+    generated batches; see ``softlabel.modules.lm_generation``.
     """
 
     def __init__(
@@ -81,6 +101,13 @@ class CausalLMModule(SoftLabelModule):
         vocab_size: int,
         linear_head: bool = True,
         chunk_rows: int | None = None,
+        generation: GenerationSettings | None = None,
+        on_policy_fraction: float = 0.0,
+        seq_kd: bool = False,
+        seq_kd_teacher: nn.Module | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__(
             student,
@@ -123,6 +150,84 @@ class CausalLMModule(SoftLabelModule):
             else None
         )
         self._step_tokens: Tensor | None = None
+        self.generation = generation
+        self.on_policy_fraction = check_fraction(on_policy_fraction)
+        self.seq_kd = bool(seq_kd)
+        self.seed = int(seed)
+        self.special_tokens = (eos_token_id, pad_token_id)
+        # a frozen teacher used only to generate: held outside the module tree (a list is
+        # not registered), so it is never in a checkpoint; moved to the batch's device
+        self._seq_kd_teacher = [seq_kd_teacher] if seq_kd_teacher is not None else []
+        #: seconds spent generating continuations (on-policy and seq_kd) in this process
+        self.generation_time_s = 0.0
+        self._check_generation()
+
+    def _check_generation(self) -> None:
+        """Refuse generated batches that cannot be scored, before training."""
+        on_policy, seq_kd = self.on_policy_fraction > 0, self.seq_kd
+        if not (on_policy or seq_kd):
+            return
+        names = "lm.on_policy.fraction" if on_policy else "lm.seq_kd"
+        if self.generation is None:
+            raise ValueError(f"{names} needs the prompt and sampling settings (generation)")
+        if None in self.special_tokens:
+            raise ValueError(f"{names} needs the data's eos_token_id and pad_token_id")
+        provider = self.reference_provider
+        if provider is not None and not isinstance(provider, FrozenModelProvider):
+            raise ValueError(
+                f"{names} with a {type(provider).__name__} ({provider.role} values stored "
+                "for the data's tokens): generated tokens must be scored by a live model. "
+                "Use teacher=hf_causal_lm teacher.pretrained=DIR_OR_GGUF (a cache only "
+                "holds the teacher on the data's own tokens)"
+            )
+        if on_policy:
+            if provider is None:
+                raise ValueError(
+                    f"lm.on_policy.fraction={self.on_policy_fraction} with a target that "
+                    "needs no teacher: the student's own samples as hard labels teach it "
+                    "nothing. Use a teacher target (target=kd, kd_reverse, kd_jsd, ...) "
+                    "with teacher=hf_causal_lm"
+                )
+            hf_generator(self.student, "student")
+        if seq_kd:
+            hf_generator(self._sequence_teacher(), "teacher")
+
+    def _sequence_teacher(self) -> nn.Module:
+        """The model that generates seq_kd continuations: the live teacher."""
+        provider = self.reference_provider
+        if isinstance(provider, LiveTeacher):
+            return provider.model
+        if self._seq_kd_teacher:
+            return self._seq_kd_teacher[0]
+        raise ValueError(
+            "lm.seq_kd=true needs a teacher model to generate: teacher=hf_causal_lm "
+            "teacher.pretrained=DIR_OR_GGUF (or teacher.checkpoint=PATH)"
+        )
+
+    def generated_batch(
+        self, input_ids: Tensor, labels: Tensor, batch_idx: int
+    ) -> tuple[Tensor, Tensor, str]:
+        """``(input_ids, labels, origin)`` of this micro-batch: the data (``"data"``), the
+        student's continuations (``"student"``, a share ``on_policy_fraction``) or the
+        teacher's (``"teacher"``, with ``seq_kd``)."""
+        step = int(self.global_step) if self._trainer is not None else 0
+        if draws_on_policy(self.on_policy_fraction, self.seed, step, batch_idx):
+            model, origin = self.student, "student"
+        elif self.seq_kd:
+            model, origin = self._sequence_teacher(), "teacher"
+            first = next(iter(model.parameters()), None)
+            if first is not None and first.device != input_ids.device:
+                model.to(input_ids.device)
+        else:
+            return input_ids, labels, "data"
+        assert self.generation is not None
+        eos, pad = self.special_tokens
+        start = time.perf_counter()
+        ids, new_labels = generate_continuations(
+            model, input_ids, labels, self.generation, eos_token_id=eos, pad_token_id=pad
+        )
+        self.generation_time_s += time.perf_counter() - start
+        return ids, new_labels, origin
 
     def _teacher_rows_available(self, source: Any) -> bool:
         """Whether the teacher reaches the linear-head loss: a live teacher with a head, or a
@@ -189,6 +294,7 @@ class CausalLMModule(SoftLabelModule):
     # ---------------------------------------------------------------- training
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         input_ids, labels, index = batch
+        input_ids, labels, _ = self.generated_batch(input_ids, labels, batch_idx)
         tokens = (next_tokens(labels) != IGNORE_INDEX).sum()
         loss_sum = self.token_loss_sum(input_ids, labels, index)
         self._step_tokens = tokens if self._step_tokens is None else self._step_tokens + tokens

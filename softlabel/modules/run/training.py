@@ -19,6 +19,7 @@ from softlabel.modules.build import (
     build_module,
     build_reference_provider,
     is_causal_lm,
+    lm_generation,
 )
 from softlabel.modules.metrics import monitor_for
 from softlabel.modules.run.checks import (
@@ -140,14 +141,23 @@ def _train(
                 f"has none: leave save_predictions=false (the model is saved in {HF_MODEL_DIR}/)"
             )
         check_hf_model_entry(output_dir, HF_MODEL_DIR)
+        generation = lm_generation(cfg, datamodule)  # checked before any model is built
     else:
         check_splits(cfg, datamodule)
+        generation = {}
     loss = build_loss(cfg, datamodule)
     student = build_model(cfg.student, datamodule)
     provider, reference_record = build_reference_provider(
         cfg, loss.source.reference, datamodule, student
     )
-    module = build_module(cfg, datamodule, student, loss, provider)
+    seq_kd_teacher = None
+    if generation.get("seq_kd") and provider is None:  # e.g. target=hard: Kim and Rush
+        teacher, teacher_record = build_reference_provider(
+            cfg, "teacher_logits", datamodule, student
+        )
+        seq_kd_teacher = getattr(teacher, "model", None)
+        reference_record = {**reference_record, **teacher_record}
+    module = build_module(cfg, datamodule, student, loss, provider, seq_kd_teacher=seq_kd_teacher)
     monitor = cfg.get("monitor") or ("val/nll" if lm else monitor_for(datamodule.task))
     check_monitors(cfg, monitor, module)
     ckpt_path, resume_step = None, None
@@ -187,6 +197,8 @@ def _train(
         output_dir=output_dir,
         reference_record=reference_record,
     )
+    if getattr(module, "generation", None) is not None:
+        record["generation_time_s"] = round(float(module.generation_time_s), 3)
     if lm and trainer.is_global_zero:
         # the module holds the val-selected weights here (see below), else the final ones
         hf_dir = os.path.join(output_dir, HF_MODEL_DIR)

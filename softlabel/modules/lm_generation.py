@@ -1,0 +1,213 @@
+"""Generated continuations for causal-LM distillation: on-policy (GKD) and sequence-level KD.
+
+On-policy distillation (GKD, Agarwal et al., ICLR 2024; TRL's ``GKDTrainer``): for a
+share ``fraction`` (TRL's ``lmbda``) of the training batches, the student samples a
+continuation of each block's first ``prompt_tokens`` tokens, and the teacher scores
+exactly those token ids; the loss covers the generated tokens only. Sequence-level KD
+(Kim and Rush, EMNLP 2016; TRL's ``seq_kd``): the teacher generates the continuation and
+the student trains on it.
+
+A generated batch keeps the data's layout: ``input_ids`` are the prompt and the
+continuation, ``labels`` are ``-100`` on the prompt (the prompt's tokens are given, not
+predicted), the generated ids up to and including the first end-of-document token, and
+``-100`` after it. The causal shift stays in ``softlabel.modules.lm_module``: the
+prediction at the last prompt position is scored against the first generated token.
+Generation runs ``model.generate`` of ``transformers`` (key/value cache), in eval mode and
+under ``no_grad``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "GenerationSettings",
+    "generate_continuations",
+    "generation_settings",
+    "lm_generation_options",
+]
+
+IGNORE_INDEX = -100
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How continuations are sampled: the first ``prompt_tokens`` of a block are the
+    prompt, at most ``max_new_tokens`` are generated at ``temperature`` (0: greedy), with
+    optional nucleus (``top_p`` < 1) and top-k (``top_k`` > 0) truncation."""
+
+    prompt_tokens: int
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``transformers``' ``generate``: every sampling choice
+        explicit, so a model's own ``generation_config`` changes nothing."""
+        sample = self.temperature > 0
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": sample,
+            "use_cache": True,
+            "num_beams": 1,
+        }
+        if sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        return kwargs
+
+
+def generation_settings(
+    node: Any, block_size: int, *, prefix: str = "lm.on_policy"
+) -> GenerationSettings:
+    """Checked settings from a config node (``prompt_tokens`` null: half the block;
+    ``max_new_tokens`` null: the rest of it). Errors name ``prefix.<key>``."""
+    node = dict(node or {})
+    prompt = node.get("prompt_tokens")
+    prompt = block_size // 2 if prompt is None else prompt
+    if not _is_int(prompt) or not 1 <= prompt < block_size:
+        raise ValueError(
+            f"{prefix}.prompt_tokens={prompt!r}; allowed: an integer in 1..{block_size - 1} "
+            f"(the prompt is the first part of each block of data.block_size={block_size})"
+        )
+    new = node.get("max_new_tokens")
+    new = block_size - prompt if new is None else new
+    if not _is_int(new) or new < 1 or prompt + new > block_size:
+        raise ValueError(
+            f"{prefix}.max_new_tokens={new!r} with {prefix}.prompt_tokens={prompt}: allowed "
+            f"an integer in 1..{block_size - prompt}, so that prompt and continuation fit in "
+            f"a block of data.block_size={block_size}"
+        )
+    temperature = node.get("temperature", 1.0)
+    if not _is_number(temperature) or temperature < 0:
+        raise ValueError(
+            f"{prefix}.temperature={temperature!r}; allowed: a number >= 0 (0: greedy)"
+        )
+    top_p = node.get("top_p", 1.0)
+    if not _is_number(top_p) or not 0 < top_p <= 1:
+        raise ValueError(f"{prefix}.top_p={top_p!r}; allowed: a number in (0, 1] (1: off)")
+    top_k = node.get("top_k", 0)
+    if not _is_int(top_k) or top_k < 0:
+        raise ValueError(f"{prefix}.top_k={top_k!r}; allowed: an integer >= 0 (0: off)")
+    return GenerationSettings(int(prompt), int(new), float(temperature), float(top_p), int(top_k))
+
+
+def check_fraction(value: Any) -> float:
+    """``lm.on_policy.fraction`` in [0, 1]."""
+    if not _is_number(value) or not 0 <= value <= 1:
+        raise ValueError(
+            f"lm.on_policy.fraction={value!r}; allowed: a number in [0, 1], the share of "
+            "training batches whose continuations the student generates (TRL's lmbda)"
+        )
+    return float(value)
+
+
+def draws_on_policy(fraction: float, seed: int, step: int, batch_idx: int) -> bool:
+    """Whether this micro-batch is generated by the student: a uniform draw below
+    ``fraction``, fixed by ``(seed, step, batch_idx)`` so that every process and a
+    resumed run take the same decision."""
+    if fraction <= 0.0:
+        return False
+    if fraction >= 1.0:
+        return True
+    return random.Random(f"on_policy:{seed}:{step}:{batch_idx}").random() < fraction
+
+
+def hf_generator(model: nn.Module, role: str) -> Any:
+    """The ``transformers`` model inside ``model`` (a ``softlabel.models.CausalLM``) whose
+    ``generate`` samples continuations; a ValueError naming ``role`` otherwise."""
+    inner = getattr(model, "model", model)
+    if not callable(getattr(inner, "generate", None)):
+        raise ValueError(
+            f"generating continuations needs a transformers model as the {role} "
+            f"({role}=hf_causal_lm); got {type(model).__name__}"
+        )
+    return inner
+
+
+@torch.no_grad()
+def generate_continuations(
+    model: nn.Module,
+    input_ids: Tensor,
+    labels: Tensor,
+    settings: GenerationSettings,
+    *,
+    eos_token_id: int,
+    pad_token_id: int,
+) -> tuple[Tensor, Tensor]:
+    """``(input_ids, labels)`` of ``model``'s continuations of the blocks' prompts.
+
+    The prompt is ``input_ids[:, :prompt_tokens]``; rows whose prompt holds padding (a
+    split's last, right-padded block) get no scored token. The result has
+    ``prompt_tokens + n`` columns, ``n <= max_new_tokens`` the longest continuation.
+    """
+    generator = hf_generator(model, "model")
+    prompt_length = settings.prompt_tokens
+    prompt = input_ids[:, :prompt_length]
+    complete = (labels[:, :prompt_length] != IGNORE_INDEX).all(dim=1)
+    was_training = model.training
+    model.eval()
+    try:
+        out = generator.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            **settings.generate_kwargs(),
+        )
+    finally:
+        model.train(was_training)
+    new = out[:, prompt_length:]
+    # keep the generated ids up to and including the first end-of-document token
+    is_eos = (new == eos_token_id).long()
+    after_eos = (is_eos.cumsum(dim=1) - is_eos) > 0
+    new_labels = new.masked_fill(after_eos | ~complete[:, None], IGNORE_INDEX)
+    prompt_labels = torch.full_like(prompt, IGNORE_INDEX)
+    return out, torch.cat([prompt_labels, new_labels], dim=1)
+
+
+def lm_generation_options(
+    lm: Any, block_size: int, teacher_target: str | None = None
+) -> dict[str, Any]:
+    """``CausalLMModule``'s generation arguments from the ``lm`` config node, checked:
+    ``generation`` (None when nothing is generated), ``on_policy_fraction`` and ``seq_kd``.
+    A cached teacher (``teacher_target``, the teacher node's ``_target_``, names
+    ``cached_teacher``) is refused with generated batches: it holds the teacher's values on
+    the data's tokens only."""
+    lm = dict(lm or {})
+    on_policy = dict(lm.get("on_policy") or {})
+    fraction = check_fraction(on_policy.get("fraction", 0.0))
+    seq_kd = lm.get("seq_kd", False)
+    if not isinstance(seq_kd, bool):
+        raise ValueError(f"lm.seq_kd={seq_kd!r}; allowed: true or false")
+    generation = None
+    if fraction > 0 or seq_kd:
+        generation = generation_settings(on_policy, block_size)
+        if seq_kd and not teacher_target:
+            raise ValueError(
+                "lm.seq_kd=true needs a teacher to generate the continuations, but teacher="
+                "none: use teacher=hf_causal_lm teacher.pretrained=DIR_OR_GGUF (or "
+                "teacher.checkpoint=PATH)"
+            )
+        if str(teacher_target or "").endswith("cached_teacher"):
+            given = f"lm.on_policy.fraction={fraction}" if fraction > 0 else "lm.seq_kd=true"
+            raise ValueError(
+                f"{given} with teacher=cached: a cache holds the teacher's logits on the "
+                "data's tokens only, and generated tokens must be scored (or generated) by "
+                "the teacher itself: use teacher=hf_causal_lm teacher.pretrained=DIR_OR_GGUF"
+            )
+    return {"generation": generation, "on_policy_fraction": fraction, "seq_kd": seq_kd}
