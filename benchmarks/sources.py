@@ -6,11 +6,14 @@ with ``amax``/``relu``), Tf-KD_reg (``virtual_teacher_loss`` vs a dense softened
 ``kl_div`` and cross_entropy), DIST (``dist_loss`` vs the formula with softmax and Pearson
 correlations), OLS (``SoftTargetLoss(OnlineLabelSmoothing)`` one epoch in, i.e. with a (K, K)
 prior, plus its statistics hook, vs ``label_smoothing_loss`` with a uniform prior), AdaLabel's
-eps (``confidence_smoothing_loss`` vs the explicit per-row target and ``log_softmax``). Forward +
+eps (``confidence_smoothing_loss`` vs the explicit per-row target and ``log_softmax``), ULD
+(``uld_loss`` vs softmax, sort, zero padding and the L1 distance written in PyTorch, case
+``uld``: a vocabulary of 49,152, SmolLM2's, on both sides). Forward +
 backward time (median of ``--repeat`` runs after a warm-up) and peak extra memory (CPU: a
 fresh subprocess per variant, VmHWM after the run minus VmRSS once the inputs exist).
 
     python benchmarks/sources.py --threads 2 --repeat 3
+    python benchmarks/sources.py --threads 2 --repeat 3 --cases uld
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ IGNORE, MARGIN, PENALTY, A, T, ALPHA, EPS = -100, 10.0, 0.1, 0.9, 20.0, 0.9, 0.5
 ADA_MARGIN, ADA_POWER = 0.2, 2.0
 
 # variant -> (group, reference variant of the group)
-_MBLS, _TFKD, _DIST, _LS, _ADA = (
+_MBLS, _TFKD, _DIST, _LS, _ADA, _ULD = (
     "MbLS: torch cross_entropy + relu(amax - s - m).sum",
     "Tf-KD: dense softened q + kl_div + cross_entropy",
     "DIST: torch softmax + Pearson (formula)",
     "LS: label_smoothing_loss (uniform prior)",
     "AdaLabel: explicit q from the detached softmax + log_softmax",
+    "ULD: softmax + sort + pad + L1 + cross_entropy (formula)",
 )
 VARIANTS = {
     _MBLS: ("MbLS", None),
@@ -52,11 +56,14 @@ VARIANTS = {
     "OLS: SoftTargetLoss(OnlineLabelSmoothing) + hook": ("OLS", _LS),
     _ADA: ("AdaLabel", None),
     "AdaLabel: confidence_smoothing_loss": ("AdaLabel", _ADA),
+    _ULD: ("ULD", None),
+    "ULD: uld_loss": ("ULD", _ULD),
 }
 #: cases: name -> (rows, classes, groups)
 CASES = {
     "vocabulary": (2048, 32000, ("MbLS", "Tf-KD", "DIST", "AdaLabel")),
     "classes": (4096, 1000, ("MbLS", "Tf-KD", "DIST", "OLS", "AdaLabel")),
+    "uld": (1024, 49152, ("ULD",)),
 }
 
 
@@ -111,6 +118,13 @@ def make_step(variant: str, x: dict[str, torch.Tensor]) -> Callable[[], None]:
         per = -(q * torch.log_softmax(s, dim=1)).sum(dim=1)
         return (per * valid).sum() / n_valid
 
+    def uld_reference() -> torch.Tensor:
+        p = torch.softmax(s, dim=1).sort(dim=1, descending=True).values
+        q = torch.softmax(t, dim=1).sort(dim=1, descending=True).values
+        soft = (p - q).abs().sum(dim=1)  # same width here: no padding needed
+        ce = F.cross_entropy(s, y, ignore_index=IGNORE, reduction="none")
+        return ((0.5 * ce + 0.5 * soft) * valid).sum() / n_valid
+
     ols = OnlineLabelSmoothing(EPS)
     if variant.startswith("OLS"):
         ols.on_train_batch_end(s.detach(), y)
@@ -135,6 +149,8 @@ def make_step(variant: str, x: dict[str, torch.Tensor]) -> Callable[[], None]:
         "AdaLabel: confidence_smoothing_loss": lambda: SF.confidence_smoothing_loss(
             s, y, ADA_MARGIN, ADA_POWER
         ),
+        _ULD: uld_reference,
+        "ULD: uld_loss": lambda: SF.uld_loss(s, y, t, temperature=1.0, alpha=0.5),
     }
 
     def step() -> None:

@@ -31,6 +31,7 @@ from softlabel.targets import (
     PreviousModel,
     Teacher,
     UniformPrior,
+    UniversalLogitDistillation,
     VirtualTeacher,
 )
 
@@ -60,6 +61,9 @@ def _cases():
     yield "margin", "margin", {"margin": 1.0, "penalty": 0.3}, None
     yield "confidence", "confidence", {"margin": 0.1, "power": 1.5}, None
     yield "virtual_teacher", "virtual_teacher", {"correct_prob": 0.7, "temperature": 3.0}, None
+    yield "uld", "uld", {"temperature": 1.5, "alpha": 0.4}, "logits"
+    yield "uld_topk", "uld", {"temperature": 1.0, "alpha": 0.6}, "topk"
+    yield "uld_pure", "uld", {"alpha": 1.0}, "logits"
 
 
 CASES = {case[0]: case[1:] for case in _cases()}
@@ -194,6 +198,8 @@ SOURCES = {
     "margin": (MarginSmoothing(1.0, 0.2), None),
     "confidence": (ConfidenceSmoothing(), None),
     "tf_kd": (VirtualTeacher(0.8, 4.0, 0.5), None),
+    "uld": (UniversalLogitDistillation(1.5, 0.5), "teacher"),
+    "uld_topk": (UniversalLogitDistillation(1.0, 0.5), "topk"),
 }
 
 

@@ -24,6 +24,7 @@ from softlabel.functional.relaxation import label_relaxation_loss
 from softlabel.functional.self_correction import self_correction_loss
 from softlabel.functional.smoothing import label_smoothing_loss
 from softlabel.functional.topk import TopKLogits, topk_distillation_loss
+from softlabel.functional.universal import uld_loss
 from softlabel.functional.virtual_teacher import virtual_teacher_loss
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "margin_smoothing_loss",
     "confidence_smoothing_loss",
     "dist_loss",
+    "uld_loss",
     "linear_cross_entropy_loss",
     "linear_label_smoothing_loss",
     "linear_distillation_loss",

@@ -99,9 +99,11 @@ def multiclass_per_position(
         changes["prior"] = check_prior(spec.prior, k, logits)
     teacher = None
     if mode.teacher:
-        teacher = check_reference(reference, logits, mode.teacher)
+        teacher = check_reference(reference, logits, mode.teacher, mode.any_vocabulary)
         changes["teacher"] = (
-            teacher.flatten() if isinstance(teacher, TopKLogits) else teacher.reshape(-1, k)
+            teacher.flatten()
+            if isinstance(teacher, TopKLogits)
+            else teacher.reshape(-1, teacher.shape[-1])
         )
     elif mode.previous:
         previous = check_previous(reference, positions)

@@ -21,7 +21,7 @@ from softlabel.kernels.checks import (
     check_power,
     prepare,
 )
-from softlabel.kernels.engine import default_chunk_rows
+from softlabel.kernels.chunks import default_chunk_rows
 from softlabel.kernels.modes import MODES
 from softlabel.kernels.modes.adaptive_smoothing import confidence_cap, confidence_eps
 from softlabel.kernels.spec import LossSpec, compute_dtype

@@ -111,14 +111,14 @@ def spec_head_loss(
         changes["prior"] = check_prior(spec.prior, k, stand_in)
     teacher = None
     if mode.teacher:
-        teacher = check_reference(reference, stand_in, mode.teacher)
+        teacher = check_reference(reference, stand_in, mode.teacher, mode.any_vocabulary)
         if isinstance(teacher, LinearHead):
             flat = teacher.hidden.reshape(-1, teacher.hidden.shape[-1])
             changes["teacher"] = LinearHead(flat, teacher.weight, teacher.bias)
         elif isinstance(teacher, TopKLogits):
             changes["teacher"] = teacher.flatten()
         else:
-            changes["teacher"] = teacher.reshape(-1, k)
+            changes["teacher"] = teacher.reshape(-1, teacher.shape[-1])
     elif mode.previous:
         previous = check_previous(reference, positions)
         by_class = previous.dim() > len(shape)

@@ -5,11 +5,12 @@
 - ``references``: what rows are read from (logits, a linear head, a top-k reference);
 - ``rowmath``, ``divergences``: row operations and the divergences shared by the modes;
 - ``modes``: one file per method (chunk math, differentiable formula, binary form);
-- ``engine``: the one chunk loop over logit rows or a linear head's rows;
+- ``chunks``, ``rows``: rows per chunk; the student's rows (logits or a linear head);
+- ``engine``: the one chunk loop over those rows, its autograd functions;
 - ``fused``, ``linear``: the public entries.
 """
 
-from softlabel.kernels.engine import default_linear_chunk_rows
+from softlabel.kernels.chunks import default_linear_chunk_rows
 from softlabel.kernels.fused import (
     MODES,
     FusedSoftTargetLossFunction,

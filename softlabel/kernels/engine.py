@@ -30,256 +30,13 @@ from torch import Tensor
 
 from softlabel.kernels.checks import check_probability_rows
 from softlabel.kernels.modes import MODES, Mode
-from softlabel.kernels.references import (
-    LinearHead,
-    materialized,
-    reference_kind,
-    reference_rows,
-    sub_rows,
-)
+from softlabel.kernels.references import LinearHead, materialized, reference_rows, sub_rows
+from softlabel.kernels.rows import HeadRows, LogitRows
 from softlabel.kernels.spec import LossSpec, compute_dtype
-
-#: Bytes of all (chunk_rows, K) arrays one chunk of the chunk math touches (inputs and work
-#: buffers together), per device type. On CPU a chunk's arrays should stay in the last-level
-#: cache between the dozen row passes a chunk makes: 32 MiB gives 52 rows for KD and 131 rows
-#: for CE/LS/ReLoop at K = 32000 fp32, about 15% faster for KD than 8x larger chunks
-#: (docs/performance.md, ``benchmarks/chunks.py``). On GPUs every op is a kernel launch, so
-#: chunks are large there.
-CHUNK_BYTES = {"cpu": 32 << 20, "cuda": 256 << 20}
-
-#: Budget for device types not listed in ``CHUNK_BYTES``.
-DEFAULT_CHUNK_BYTES = 256 << 20
-
-#: Bytes of the (chunk_rows, V) and (chunk_rows, H) arrays of one chunk of the linear-head
-#: loss per device type: the gradient, the logits (made in the gradient buffer itself where
-#: the mode reads them only there) and a live teacher's logits. Each chunk streams the whole
-#: V x H weight through three matrix products (logits, grad_h and the grad_W update), so the
-#: chunk is sized for those products, and the chunk math runs on sub-chunks of
-#: ``default_chunk_rows``. 256 MiB on CPU: 1971 rows for LS and 684 for KD at V = 32000,
-#: H = 1024, fp32; 512 rows (the floor) at V = 128256, H = 2048. The CUDA figure is a choice,
-#: not a measurement.
-LINEAR_CHUNK_BYTES = {"cpu": 256 << 20, "cuda": 1 << 30}
-
-#: Budget for device types not listed in ``LINEAR_CHUNK_BYTES``.
-DEFAULT_LINEAR_CHUNK_BYTES = 256 << 20
-
-#: Fewest rows per linear-head chunk (unless N is smaller). A chunk's products do about
-#: chunk_rows multiply-adds per weight element they read or update, so short products cost
-#: more per row: on CPU (2 threads) the LS loss of 1024 rows at H = 2048, V = 128256 took
-#: 14.5 s in chunks of 256 rows, 14.6 s in chunks of 512 and 13.4 s in one chunk
-#: (docs/performance.md, "Linear-head loss", chunk sizes). 512 is a choice within that
-#: spread, as is the CUDA figure.
-MIN_CHUNK_ROWS = {"cpu": 512, "cuda": 1024}
-
-
-def _default_spec(mode: str) -> LossSpec:
-    return LossSpec(mode, MODES[mode].defaults)
-
-
-def arrays(spec: LossSpec) -> int:
-    """(chunk_rows, K) arrays one chunk of the chunk math touches: the logits, a dense or
-    head teacher's rows, the gradient and the mode's work buffers."""
-    teacher = reference_kind(spec.teacher) in ("logits", "head")
-    return 1 + teacher + 1 + MODES[spec.mode].work_buffers(spec)
-
-
-def default_chunk_rows(
-    num_classes: int,
-    dtype: torch.dtype = torch.float32,
-    mode: str = "ls",
-    device: torch.device | str = "cpu",
-    arrays: int | None = None,
-) -> int:
-    """Rows per chunk so the chunk's arrays hold about ``CHUNK_BYTES[device type]`` (>= 1 row).
-
-    ``arrays``: the (chunk_rows, K) arrays one chunk touches (default: the mode's count with
-    its default settings and a dense teacher where it reads one).
-    """
-    itemsize = 8 if dtype == torch.float64 else 4
-    budget = CHUNK_BYTES.get(torch.device(device).type, DEFAULT_CHUNK_BYTES)
-    if arrays is None:
-        default = _default_spec(mode)
-        teacher = 1 if MODES[mode].teacher else 0
-        arrays = 1 + teacher + 1 + MODES[mode].work_buffers(default)
-    return max(1, budget // (arrays * num_classes * itemsize))
-
-
-def default_linear_chunk_rows(
-    vocab_size: int,
-    hidden_size: int,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-    arrays: int = 2,
-) -> int:
-    """Rows per linear-head chunk: the chunk's ``arrays`` (rows, V) arrays (logits and
-    gradient, plus a live teacher's logits) and two (rows, H) arrays hold about
-    ``LINEAR_CHUNK_BYTES[device type]``, with at least ``MIN_CHUNK_ROWS[device type]`` rows."""
-    itemsize = 8 if dtype == torch.float64 else 4
-    kind = torch.device(device).type
-    budget = LINEAR_CHUNK_BYTES.get(kind, DEFAULT_LINEAR_CHUNK_BYTES)
-    per_row = (arrays * vocab_size + 2 * hidden_size) * itemsize
-    return max(MIN_CHUNK_ROWS.get(kind, 1), budget // per_row, 1)
-
-
-class _LogitRows:
-    """Student rows that are slices of the logits (N, K); the gradient goes into an (N, K)
-    buffer of the logits' dtype (None when not wanted: a work buffer takes it)."""
-
-    def __init__(self, logits: Tensor, need_grad: bool) -> None:
-        self.logits = logits
-        self.n, self.k = logits.shape
-        self.cd = compute_dtype(logits.dtype)
-        self.device = logits.device
-        self.grad = (
-            torch.empty_like(logits, memory_format=torch.contiguous_format) if need_grad else None
-        )
-        self._in_place = self.grad is not None and self.grad.dtype == self.cd
-        self._work: Tensor | None = None
-
-    def chunk_rows(self, spec: LossSpec) -> tuple[int, int]:
-        rows = spec.chunk_rows or default_chunk_rows(
-            self.k, self.cd, spec.mode, self.device, arrays(spec)
-        )
-        rows = min(self.n, rows)
-        return rows, rows
-
-    def skip(self, index: int) -> bool:
-        return False
-
-    def teacher_buffer(self, rows: int, teacher: LinearHead) -> Tensor:
-        return teacher.hidden.new_empty((rows, self.k))
-
-    def rows(self, a: int, b: int, g: Tensor) -> Tensor:
-        return self.logits[a:b]
-
-    def grad_rows(self, a: int, b: int, rows: int) -> Tensor:
-        if self._in_place:
-            return self.grad[a:b]
-        if self._work is None:
-            self._work = self.logits.new_empty((rows, self.k), dtype=self.cd)
-        return self._work[: b - a]
-
-    def finish(self, a: int, b: int, g: Tensor) -> None:
-        if self.grad is not None and not self._in_place:
-            self.grad[a:b].copy_(g)
-
-    def close(self, valid: Tensor | None) -> None:
-        if valid is not None and self.grad is not None:  # ignored rows: gradient 0
-            self.grad.index_fill_(0, (~valid).nonzero().view(-1), 0.0)
-
-
-class _HeadRows:
-    """Student rows ``hidden @ weight.T + bias`` made chunk by chunk; with ``row_weight``
-    the gradients of ``sum_i row_weight_i loss_i`` w.r.t. hidden, weight and bias are
-    accumulated chunk by chunk (None where ``needs`` is False)."""
-
-    def __init__(
-        self,
-        head: LinearHead,
-        valid: Tensor | None,
-        spec: LossSpec,
-        row_weight: Tensor | None,
-        needs: tuple[bool, bool, bool],
-    ) -> None:
-        h, w = head.hidden, head.weight
-        self.head = head
-        self.n, self.k = h.shape[0], w.shape[0]
-        self.cd = compute_dtype(h.dtype)
-        self.device = h.device
-        self.valid = valid
-        self.row_weight = row_weight
-        want = row_weight is not None
-        self.grad_h = torch.zeros_like(h) if want and needs[0] else None
-        self.grad_w = (
-            torch.zeros((self.k, w.shape[1]), dtype=self.cd, device=w.device)
-            if want and needs[1]
-            else None
-        )
-        self.grad_b = (
-            torch.zeros(self.k, dtype=self.cd, device=w.device) if want and needs[2] else None
-        )
-        self.rounded = want and h.dtype != self.cd  # half inputs: c g rounded to the input dtype
-        self.shared = h.dtype == self.cd and MODES[spec.mode].logits_in_grad(spec)
-        self.scale = MODES[spec.mode].grad_scale(spec)
-        self.counts: list[int] | None = None
-        self._buffers: tuple[Tensor, Tensor, Tensor | None] | None = None
-
-    def chunk_rows(self, spec: LossSpec) -> tuple[int, int]:
-        h = self.head.hidden
-        head_teacher = reference_kind(spec.teacher) == "head"
-        buffers = 1 + (not self.shared) + head_teacher + self.rounded
-        rows = spec.chunk_rows or default_linear_chunk_rows(
-            self.k, h.shape[1], self.cd, self.device, buffers
-        )
-        rows = min(self.n, rows)
-        math_rows = min(rows, default_chunk_rows(self.k, self.cd, "ls", self.device, arrays(spec)))
-        self.counts = _chunk_valid_counts(self.valid, self.n, rows)
-        g_buf = h.new_empty((rows, self.k), dtype=self.cd)
-        s_buf = g_buf if self.shared else h.new_empty((rows, self.k))
-        round_buf = h.new_empty((rows, self.k)) if self.rounded else None
-        self._buffers = (g_buf, s_buf, round_buf)
-        return rows, math_rows
-
-    def skip(self, index: int) -> bool:
-        return self.counts is not None and self.counts[index] == 0  # every row ignored
-
-    def teacher_buffer(self, rows: int, teacher: LinearHead) -> Tensor:
-        return teacher.hidden.new_empty((rows, self.k))
-
-    def rows(self, a: int, b: int, g: Tensor) -> Tensor:
-        return self.head.logits_into(a, b, self._buffers[1][: b - a])
-
-    def grad_rows(self, a: int, b: int, rows: int) -> Tensor:
-        return self._buffers[0][: b - a]
-
-    def finish(self, a: int, b: int, g: Tensor, index: int) -> None:
-        if self.row_weight is None:
-            return
-        h, w = self.head.hidden, self.head.weight
-        r = b - a
-        c = self.row_weight[a:b].to(self.cd).unsqueeze(1)
-        if self.scale != 1.0:
-            c = c * self.scale
-        round_buf = self._buffers[2]
-        gc = g.mul_(c) if round_buf is None else torch.mul(g, c, out=round_buf[:r])
-        h_c = h[a:b]
-        if self.counts is not None and self.counts[index] < r:  # ignored rows add 0 (NaN too)
-            ignored = ~self.valid[a:b].unsqueeze(1)
-            gc.masked_fill_(ignored, 0.0)
-            h_c = h_c.masked_fill(ignored, 0.0)
-        if self.grad_h is not None:
-            torch.mm(gc, w, out=self.grad_h[a:b])
-        if self.grad_w is not None:
-            if gc.dtype == self.cd:
-                self.grad_w.addmm_(gc.t(), h_c)
-            else:
-                self.grad_w.add_(torch.mm(gc.t(), h_c))
-        if self.grad_b is not None:
-            self.grad_b.add_(gc.sum(dim=0, dtype=self.cd))
-
-    def close(self, valid: Tensor | None) -> None:
-        pass
-
-    def grads(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        w = self.head.weight
-        return self.grad_h, _cast(self.grad_w, w), _cast(self.grad_b, w)
-
-
-def _cast(grad: Tensor | None, like: Tensor) -> Tensor | None:
-    return grad if grad is None or grad.dtype == like.dtype else grad.to(like.dtype)
-
-
-def _chunk_valid_counts(valid: Tensor | None, n: int, rows: int) -> list[int] | None:
-    """Rows that count in each chunk (one host transfer), or None when every row counts."""
-    if valid is None:
-        return None
-    starts = torch.arange(0, n, rows, device=valid.device)
-    cumulative = torch.cat([valid.new_zeros(1, dtype=torch.long), valid.cumsum(0)])
-    return (cumulative[(starts + rows).clamp_max(n)] - cumulative[starts]).tolist()
 
 
 def chunk_loop(
-    student: _LogitRows | _HeadRows, labels: Tensor | None, valid: Tensor | None, spec: LossSpec
+    student: LogitRows | HeadRows, labels: Tensor | None, valid: Tensor | None, spec: LossSpec
 ) -> Tensor:
     """The per-row loss (N,) in the compute dtype; gradients as ``student`` collects them.
 
@@ -294,7 +51,7 @@ def chunk_loop(
         return loss
     if valid is not None and bool(valid.all()):
         valid = None
-        if isinstance(student, _HeadRows):
+        if isinstance(student, HeadRows):
             student.valid = None
     outer, inner = student.chunk_rows(spec)
     teacher = spec.teacher
@@ -331,7 +88,7 @@ def chunk_loop(
                 spec,
                 state,
             )
-        if isinstance(student, _HeadRows):
+        if isinstance(student, HeadRows):
             student.finish(a, b, g, index)
         else:
             student.finish(a, b, g)
@@ -368,7 +125,7 @@ class LogitLoss(torch.autograd.Function):
     def forward(
         ctx, logits: Tensor, labels: Tensor | None, valid: Tensor | None, spec: LossSpec
     ) -> Tensor:
-        rows = _LogitRows(logits, need_grad=True)
+        rows = LogitRows(logits, need_grad=True)
         loss = chunk_loop(rows, labels, valid, spec)
         ctx.grad = rows.grad
         ctx.grad_scale = MODES[spec.mode].grad_scale(spec)
@@ -404,7 +161,7 @@ def logits_per_row(
     logits = logits.contiguous()
     if torch.is_grad_enabled() and logits.requires_grad:
         return LogitLoss.apply(logits, labels, valid, spec)
-    loss = chunk_loop(_LogitRows(logits.detach(), need_grad=False), labels, valid, spec)
+    loss = chunk_loop(LogitRows(logits.detach(), need_grad=False), labels, valid, spec)
     return loss.float() if logits.dtype in (torch.float16, torch.bfloat16) else loss
 
 
@@ -416,7 +173,7 @@ def _head_pass(
     row_weight: Tensor | None,
     needs: tuple[bool, bool, bool],
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
-    rows = _HeadRows(head, valid, spec, row_weight, needs)
+    rows = HeadRows(head, valid, spec, row_weight, needs)
     loss = chunk_loop(rows, labels, valid, spec)
     return (loss, *rows.grads())
 

@@ -18,13 +18,8 @@ from softlabel.kernels.checks import (
     check_prior,
     prepare,
 )
-from softlabel.kernels.engine import (
-    CHUNK_BYTES,
-    DEFAULT_CHUNK_BYTES,
-    LogitLoss,
-    default_chunk_rows,
-    logits_per_row,
-)
+from softlabel.kernels.chunks import CHUNK_BYTES, DEFAULT_CHUNK_BYTES, default_chunk_rows
+from softlabel.kernels.engine import LogitLoss, logits_per_row
 from softlabel.kernels.modes import MODES as _MODES
 from softlabel.kernels.references import TopKLogits, check_reference
 from softlabel.kernels.spec import LossSpec
@@ -124,7 +119,9 @@ def fused_soft_target_loss(
     if engine_mode.teacher:
         if teacher is None:
             raise ValueError(f"teacher logits are required for mode={mode!r}")
-        changes["teacher"] = check_reference(teacher, logits, engine_mode.teacher)
+        changes["teacher"] = check_reference(
+            teacher, logits, engine_mode.teacher, engine_mode.any_vocabulary
+        )
     elif teacher is not None:
         raise ValueError(f"teacher is only used by modes that read one, got mode={mode!r}")
     if engine_mode.previous:

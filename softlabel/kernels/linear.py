@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from softlabel.kernels.engine import (
+from softlabel.kernels.chunks import (
     DEFAULT_LINEAR_CHUNK_BYTES,
     LINEAR_CHUNK_BYTES,
     MIN_CHUNK_ROWS,
     default_linear_chunk_rows,
-    head_loss,
 )
+from softlabel.kernels.engine import head_loss
 from softlabel.kernels.references import LinearHead
 from softlabel.kernels.spec import LossSpec
 

@@ -17,7 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from softlabel.kernels.checks import check_head, check_logits, check_teacher, check_topk
+from softlabel.kernels.checks import (
+    check_head,
+    check_logits,
+    check_teacher,
+    check_teacher_positions,
+    check_topk,
+)
 from softlabel.kernels.spec import compute_dtype
 
 #: rows of the logits per chunk in :meth:`TopKLogits.from_logits` (bounds the float32
@@ -154,11 +160,15 @@ def sub_rows(rows: Any, i: int, j: int) -> Any:
     return rows[i:j]
 
 
-def check_reference(reference: Any, logits: Tensor, kinds: frozenset[str]) -> Any:
+def check_reference(
+    reference: Any, logits: Tensor, kinds: frozenset[str], any_vocabulary: bool = False
+) -> Any:
     """A teacher reference for ``logits`` (..., K) (a stand-in of that shape for the linear
     head), checked by the rules of ``softlabel.kernels.checks`` for its kind, which must be
     one of ``kinds``: dense teacher logits of the logits' shape, a ``LinearHead`` over the
-    same positions and vocabulary, or a ``TopKLogits``. Returned detached."""
+    same positions and vocabulary, or a ``TopKLogits``; with ``any_vocabulary`` the
+    teacher's vocabulary may differ from the student's (a teacher with another tokenizer).
+    Returned detached."""
     kind = reference_kind(reference)
     if kind == "topk" and "logits" in kinds and "topk" not in kinds:
         raise TypeError(
@@ -175,12 +185,13 @@ def check_reference(reference: Any, logits: Tensor, kinds: frozenset[str]) -> An
         raise ValueError(f"this loss reads {allowed} as its teacher, got {names.get(kind, kind)}")
     lead, vocab = tuple(logits.shape[:-1]), logits.shape[-1]
     if kind == "topk":
-        return TopKLogits(*check_topk(*reference, lead, vocab, logits.device))
+        teacher_vocab = None if any_vocabulary else vocab
+        return TopKLogits(*check_topk(*reference, lead, teacher_vocab, logits.device))
     if kind == "head":
         hidden, weight, bias = check_head(
             "teacher_", reference.hidden, reference.weight, reference.bias, torch.Size(lead)
         )
-        if weight.shape[0] != vocab:
+        if weight.shape[0] != vocab and not any_vocabulary:
             raise ValueError(
                 f"teacher_weight has {weight.shape[0]} classes (rows), weight has {vocab}: the "
                 "teacher's head must have the student's vocabulary size"
@@ -190,4 +201,6 @@ def check_reference(reference: Any, logits: Tensor, kinds: frozenset[str]) -> An
                 f"teacher_hidden is on {hidden.device} but the student on {logits.device}"
             )
         return LinearHead(hidden, weight, bias).detached()
+    if any_vocabulary:
+        return check_teacher_positions(reference, logits)
     return check_teacher(reference, logits)

@@ -40,8 +40,10 @@ from softlabel.kernels.checks.positions import (
 from softlabel.kernels.checks.references import (
     check_head,
     check_teacher,
+    check_teacher_positions,
     check_topk,
     check_topk_buckets,
+    check_vocabulary_map,
     topk_mass_tolerance,
 )
 from softlabel.kernels.checks.settings import (
@@ -105,8 +107,10 @@ __all__ = [
     "check_previous",
     "check_probability_rows",
     "check_teacher",
+    "check_teacher_positions",
     "topk_mass_tolerance",
     "check_topk",
     "check_topk_buckets",
+    "check_vocabulary_map",
     "check_head",
 ]

@@ -12,6 +12,25 @@ from softlabel.kernels.checks.positions import _position, check_finite, check_lo
 from softlabel.kernels.spec import compute_dtype
 
 
+def check_teacher_positions(teacher_logits: Any, student_logits: Tensor) -> Tensor:
+    """Teacher logits over the student's positions in a vocabulary of their own (a teacher
+    with another tokenizer, aligned to the student's positions), detached: (..., V_t) with
+    V_t >= 2; finiteness is checked on the per-row loss."""
+    check_logits("teacher_logits", teacher_logits)
+    lead = tuple(student_logits.shape[:-1])
+    if tuple(teacher_logits.shape[:-1]) != lead or teacher_logits.shape[-1] < 2:
+        raise ValueError(
+            f"teacher_logits must have the student's positions {lead} and a vocabulary of its "
+            f"own (V_t >= 2) last, got {tuple(teacher_logits.shape)}"
+        )
+    if teacher_logits.device != student_logits.device:
+        raise ValueError(
+            f"teacher_logits is on {teacher_logits.device} but student_logits on "
+            f"{student_logits.device}"
+        )
+    return teacher_logits.detach()
+
+
 def check_teacher(teacher_logits: Any, student_logits: Tensor, binary: bool = False) -> Tensor:
     """Teacher logits of the student's shape, detached. Binary ones are checked for NaN/inf
     here (O(N)) and cast to the compute dtype; multiclass ones are used as given and their
@@ -54,11 +73,17 @@ def topk_mass_tolerance(k: int) -> float:
 
 
 def check_topk(
-    index: Any, logprob: Any, tail: Any, lead: tuple[int, ...], vocab: int, device: torch.device
+    index: Any,
+    logprob: Any,
+    tail: Any,
+    lead: tuple[int, ...],
+    vocab: int | None,
+    device: torch.device,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Types, shapes and devices of a top-k reference's fields for positions ``lead`` over a
-    vocabulary of ``vocab`` ids; the ids' range and their uniqueness per position
-    (O(N k log k)). Returns ``(index as int64, logprob, tail)``, detached."""
+    vocabulary of ``vocab`` ids (None: the teacher's own vocabulary, of unknown size); the
+    ids' range and their uniqueness per position (O(N k log k)). Returns ``(index as int64,
+    logprob, tail)``, detached."""
     for name, value in (("index", index), ("logprob", logprob), ("tail", tail)):
         if not isinstance(value, Tensor):
             raise TypeError(f"reference.{name} must be a torch.Tensor, got {type(value).__name__}")
@@ -75,7 +100,9 @@ def check_topk(
             f"{tuple(index.shape)}"
         )
     k = index.shape[-1]
-    if not 1 <= k < vocab:
+    if vocab is None and k < 1:
+        raise ValueError(f"reference.index keeps k={k} ids per position; k must be >= 1")
+    if vocab is not None and not 1 <= k < vocab:
         raise ValueError(
             f"reference.index keeps k={k} ids per position; k must be in [1, V - 1] = "
             f"[1, {vocab - 1}] (with k >= V there is no tail: give the dense teacher logits)"
@@ -91,10 +118,10 @@ def check_topk(
         )
     if index.numel():
         low, high = int(index.min()), int(index.max())
-        if low < 0 or high >= vocab:
+        if low < 0 or (vocab is not None and high >= vocab):
             bad = ((index < 0) | (index >= vocab)).flatten().nonzero()[0]
             raise ValueError(
-                f"reference.index must hold class ids in [0, {vocab}), got "
+                f"reference.index must hold class ids in [0, {vocab or 'V_teacher'}), got "
                 f"{index.flatten()[bad].item()} at position {_position(int(bad), index.shape)}"
             )
         ordered = index.sort(dim=-1).values
@@ -213,3 +240,32 @@ def check_head(
                 f"{names[part]} is on {tensor.device} but {names['hidden']} on {hidden.device}"
             )
     return hidden, weight, bias
+
+
+def check_vocabulary_map(pairs: Any) -> Tensor:
+    """A map between two vocabularies: (M, 2) int64 pairs (student id, teacher id) of the same
+    token, M >= 1, ids >= 0, each student id and each teacher id at most once. O(M log M)."""
+    if not isinstance(pairs, Tensor):
+        try:
+            pairs = torch.as_tensor(pairs)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"the vocabulary map must be (M, 2) pairs of ids, got {type(pairs).__name__}"
+            ) from None
+    if pairs.is_floating_point() or pairs.is_complex() or pairs.dtype == torch.bool:
+        raise TypeError(f"the vocabulary map must hold integer ids, got {pairs.dtype}")
+    if pairs.dim() != 2 or pairs.shape[1] != 2 or pairs.shape[0] < 1:
+        raise ValueError(
+            "the vocabulary map must have shape (M, 2), M >= 1: (student id, teacher id) per "
+            f"matched token, got {tuple(pairs.shape)}"
+        )
+    pairs = pairs.detach().to("cpu", torch.long)
+    if bool((pairs < 0).any()):
+        raise ValueError(f"the vocabulary map must hold ids >= 0, got {int(pairs.min())}")
+    for column, name in enumerate(("student", "teacher")):
+        ordered = pairs[:, column].sort().values
+        repeated = ordered[1:] == ordered[:-1]
+        if bool(repeated.any()):
+            value = int(ordered[1:][repeated][0])
+            raise ValueError(f"the vocabulary map maps {name} id {value} more than once")
+    return pairs

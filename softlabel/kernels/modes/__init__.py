@@ -7,6 +7,7 @@ from softlabel.kernels.modes.distillation import Distillation
 from softlabel.kernels.modes.relaxation import Relaxation
 from softlabel.kernels.modes.self_correction import SelfCorrection
 from softlabel.kernels.modes.smoothing import Hard, Smoothing
+from softlabel.kernels.modes.universal import UniversalLogitDistillation
 from softlabel.kernels.modes.virtual_teacher import VirtualTeacher
 
 #: name -> mode, every mode the engine runs
@@ -22,6 +23,7 @@ MODES: dict[str, Mode] = {
         MarginSmoothing(),
         ConfidenceSmoothing(),
         VirtualTeacher(),
+        UniversalLogitDistillation(),
     )
 }
 

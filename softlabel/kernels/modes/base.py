@@ -34,6 +34,8 @@ class Mode:
     #: teacher references read: any of "logits" (dense), "head" (a live linear head), "topk";
     #: empty when the mode takes no teacher
     teacher: ClassVar[frozenset[str]] = frozenset()
+    #: True when the teacher may have another vocabulary than the student (cross-tokenizer)
+    any_vocabulary: ClassVar[bool] = False
     #: True when the mode reads the previous model's probabilities (``LossSpec.previous``)
     previous: ClassVar[bool] = False
     #: True when the mode reads a prior (``LossSpec.prior``)
@@ -64,6 +66,10 @@ class Mode:
 
     def work_buffers(self, spec: LossSpec) -> int:
         """(chunk rows, K) work buffers in the compute dtype one chunk needs besides ``g``."""
+        return 0
+
+    def temporaries(self, spec: LossSpec) -> int:
+        """(chunk rows, K) arrays ``chunk`` allocates itself (counted when sizing chunks)."""
         return 0
 
     def grad_scale(self, spec: LossSpec) -> float:
