@@ -277,6 +277,8 @@ class TokenAligner:
             clean = e_t[:-1] == s_t[1:]
             boundary_t = e_t[:-1][clean]
             index_t = np.flatnonzero(clean)
+            if not len(index_t):
+                continue
             # student position i: read up to end[i], predicts the token starting at start[i + 1]
             boundary_s = end[:-1]
             hit = np.searchsorted(boundary_t, boundary_s, side="right") - 1
