@@ -72,6 +72,7 @@ def build_cache(cfg: DictConfig) -> Path:
         build_reference_provider,
         is_causal_lm,
     )
+    from softlabel.modules.cross_tokenizer import has_other_vocabulary
     from softlabel.modules.frozen import output_rows
 
     out_path = Path(absolute_path(out))
@@ -85,23 +86,34 @@ def build_cache(cfg: DictConfig) -> Path:
     assert provider is not None
     teacher = provider.model
     device = torch.device(cfg.device)
-    teacher.to(device).eval()
+    provider.to(device).eval()
 
     recorded = OmegaConf.to_container(cfg.teacher, resolve=True)
     assert isinstance(recorded, dict)
-    for key in ("checkpoint", "pretrained"):  # made absolute
+    for key in ("checkpoint", "pretrained", "tokenizer"):  # made absolute
         if f"teacher_{key}" in record:
             recorded[key] = record[f"teacher_{key}"]
+    alignment = None
+    if has_other_vocabulary(provider):  # rows of the teacher's vocabulary at the data's positions
+        student_fp, teacher_fp = provider.aligner.identities
+        alignment = {
+            "student_tokenizer": student_fp,
+            "teacher_tokenizer": teacher_fp,
+            "data.tokenizer": str(cfg.data.get("tokenizer") or "null"),
+            "teacher.tokenizer": record["teacher_tokenizer"],
+            **{k: record["teacher_alignment"][k] for k in ("scored", "aligned")},
+        }
     return _write(
         cfg,
         out_path,
         datamodule,
-        teacher,
+        provider,
         device,
         output_rows(teacher) if lm else int(datamodule.num_classes),
         record["teacher_sha256"],
         recorded,
         row_shape=tuple(datamodule.input_shape) if lm else (),
+        alignment=alignment,
     )
 
 
@@ -109,15 +121,18 @@ def _write(
     cfg: DictConfig,
     out_path: Path,
     datamodule: Any,
-    teacher: Any,
+    provider: Any,
     device: Any,
     num_classes: int,
     teacher_sha256: str,
     recorded: dict[str, Any],
     row_shape: tuple[int, ...] = (),
+    alignment: dict[str, Any] | None = None,
 ) -> Path:
-    """Run ``teacher`` over every item of ``datamodule.full_dataset()`` (in index order)
-    and commit its outputs as the cache at ``out_path``."""
+    """Run the teacher ``provider`` over every item of ``datamodule.full_dataset()`` (in
+    index order) and commit its outputs as the cache at ``out_path`` (with ``alignment``:
+    a teacher with another tokenizer, its rows at the data's positions and where it has
+    them)."""
     import torch
     from rich.progress import track
     from torch.utils.data import DataLoader
@@ -140,13 +155,17 @@ def _write(
         inputs_fingerprint=inputs_fingerprint(datamodule),
         overwrite=bool(cfg.overwrite),
         row_shape=row_shape,
+        alignment=alignment,
     ) as writer:
         batches = track(
             loader, total=len(loader), description="teacher logits", disable=not cfg.progress
         )
         with torch.inference_mode():
             for x, _, index in batches:
-                writer.write(index, teacher(x.to(device)).float().cpu())
+                x = x.to(device)
+                logits = provider(x, index.to(device)).float().cpu()
+                aligned = None if alignment is None else provider.aligned(x, index).cpu()
+                writer.write(index, logits, aligned)
         return writer.commit()
 
 

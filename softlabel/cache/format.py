@@ -7,10 +7,15 @@ A cache is a directory::
     topk_index.npy         top-k: (N, *row_shape, k) int16|int32 class ids, most probable first
     topk_logprob.npy       top-k: (N, *row_shape, k) float16|float32 log-probabilities at T = 1
     topk_tail.npy          top-k: (N, *row_shape) float16|float32 log of the remaining mass
+    aligned.npy            teacher of another tokenizer: (N, *row_shape) uint8, 1 where the
+                           position has a teacher counterpart (its row is the teacher's)
 
 Row ``i`` of every array holds the teacher's output for dataset index ``i``: one position
 (``row_shape = []``, e.g. an image) or several (``row_shape = [L]``, a block of L tokens).
-Version 2 (still read) had no ``row_shape`` and no ``topk_tail.npy``.
+Version 2 (still read) had no ``row_shape`` and no ``topk_tail.npy``. A cache of a teacher
+with another tokenizer than the data's (``alignment`` in the manifest: both tokenizers'
+fingerprints and the aligned share) holds rows of the teacher's vocabulary at the student's
+positions, and ``aligned.npy`` says which positions have one.
 
 The manifest records, per array file, its size, the SHA-256 of its ``.npy`` header and
 the SHA-256 of each block of ``block_rows`` rows (about :data:`BLOCK_BYTES` each), and a
@@ -38,6 +43,7 @@ DENSE_LOGITS = "logits.npy"
 TOPK_INDEX = "topk_index.npy"
 TOPK_LOGPROB = "topk_logprob.npy"
 TOPK_TAIL = "topk_tail.npy"
+ALIGNED = "aligned.npy"
 KINDS = ("dense", "topk")
 VALUE_DTYPES = ("float16", "float32")
 #: target size of a hashed block of rows: large enough that the hashes stay a small list,
@@ -45,6 +51,15 @@ VALUE_DTYPES = ("float16", "float32")
 BLOCK_BYTES = 64 << 20
 #: how a reader checks the arrays' bytes against the manifest's block hashes
 VERIFY_MODES = ("lazy", "full", "none")
+#: what the manifest's ``alignment`` records
+ALIGNMENT_FIELDS = (
+    "student_tokenizer",
+    "teacher_tokenizer",
+    "data.tokenizer",
+    "teacher.tokenizer",
+    "scored",
+    "aligned",
+)
 _FILE_FIELDS = {
     "size": int,
     "data_offset": int,
@@ -66,7 +81,10 @@ class Manifest:
     preprocessing (normalisation statistics of the train split) the teacher saw.
     ``cache_id`` is drawn at random when the cache is committed (a rewrite with the same
     content gets another); ``files`` maps each array file to its size, header hash and
-    per-block content hashes (see :func:`describe_array_file`).
+    per-block content hashes (see :func:`describe_array_file`). ``alignment`` (None: the
+    teacher uses the data's tokenizer) describes a teacher with another tokenizer:
+    ``student_tokenizer`` and ``teacher_tokenizer`` (fingerprints), how each was given
+    (``data.tokenizer``, ``teacher.tokenizer``), the ``scored`` and ``aligned`` positions.
     """
 
     kind: str
@@ -84,6 +102,7 @@ class Manifest:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     row_shape: list[int] = field(default_factory=list)
     bytes_per_token: int = 0
+    alignment: dict[str, Any] | None = None
     version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -94,6 +113,12 @@ class Manifest:
                 "use 'int16' or 'int32'"
             )
         object.__setattr__(self, "row_shape", check_row_shape(self.row_shape))
+        if self.alignment is not None:
+            fields = set(self.alignment) if isinstance(self.alignment, dict) else set()
+            if set(ALIGNMENT_FIELDS) - fields:
+                raise ValueError(
+                    f"alignment={self.alignment!r} must be a mapping with {sorted(ALIGNMENT_FIELDS)}"
+                )
         if self.version < 3 and self.row_shape:
             raise ValueError(
                 f"row_shape={self.row_shape} needs format version 3, the manifest says "
@@ -125,13 +150,19 @@ class Manifest:
         """File name -> (shape, dtype) of every array this cache must hold."""
         rows = (self.num_samples, *self.row_shape)
         if self.kind == "dense":
-            return {DENSE_LOGITS: ((*rows, self.num_classes), self.dtype)}
+            return {
+                DENSE_LOGITS: ((*rows, self.num_classes), self.dtype),
+                **self._aligned_spec(rows),
+            }
         assert self.k is not None and self.index_dtype is not None
         shape = (*rows, self.k)
         specs = {TOPK_INDEX: (shape, self.index_dtype), TOPK_LOGPROB: (shape, self.dtype)}
         if self.has_tail:
             specs[TOPK_TAIL] = (rows, self.dtype)
-        return specs
+        return {**specs, **self._aligned_spec(rows)}
+
+    def _aligned_spec(self, rows: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {} if self.alignment is None else {ALIGNED: (rows, "uint8")}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

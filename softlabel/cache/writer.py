@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from softlabel.cache.format import (
+    ALIGNED,
     BLOCK_BYTES,
     DENSE_LOGITS,
     MANIFEST_NAME,
@@ -40,7 +41,7 @@ from softlabel.cache.format import (
 )
 from softlabel.functional.topk import TopKLogits
 
-CACHE_FILES = frozenset({MANIFEST_NAME, DENSE_LOGITS, TOPK_INDEX, TOPK_LOGPROB, TOPK_TAIL})
+CACHE_FILES = frozenset({MANIFEST_NAME, DENSE_LOGITS, TOPK_INDEX, TOPK_LOGPROB, TOPK_TAIL, ALIGNED})
 
 
 def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,6 +62,8 @@ class CacheWriter:
     directory; :meth:`commit` must be called explicitly once every row is written.
     ``row_shape`` is the shape of one item's positions: ``()`` (default) stores (B, K)
     logits per write, ``(L,)`` stores (B, L, K) (a block of L tokens per dataset index).
+    ``alignment`` (see :class:`softlabel.cache.format.Manifest`): a teacher with another
+    tokenizer, whose rows come with the mask of the positions that have one.
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class CacheWriter:
         overwrite: bool = False,
         block_bytes: int = BLOCK_BYTES,
         row_shape: tuple[int, ...] | list[int] = (),
+        alignment: dict[str, Any] | None = None,
     ) -> None:
         validate_layout(kind, num_samples, num_classes, k, dtype)
         row_shape = check_row_shape(row_shape)
@@ -99,6 +103,7 @@ class CacheWriter:
             teacher_config=dict(teacher_config or {}),
             inputs_fingerprint=inputs_fingerprint,
             row_shape=row_shape,
+            alignment=None if alignment is None else dict(alignment),
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp_dir = _make_temporary_dir(self.path)
@@ -131,8 +136,12 @@ class CacheWriter:
     def rows_written(self) -> int:
         return int(self._written.sum())
 
-    def write(self, index: torch.Tensor, logits: torch.Tensor) -> None:
-        """Store the teacher ``logits`` (B, *row_shape, K) of the dataset items ``index`` (B,).
+    def write(
+        self, index: torch.Tensor, logits: torch.Tensor, aligned: torch.Tensor | None = None
+    ) -> None:
+        """Store the teacher ``logits`` (B, *row_shape, K) of the dataset items ``index`` (B,)
+        (and for a cache with ``alignment``, ``aligned`` (B, *row_shape) bool: the positions
+        that have a teacher row).
 
         Top-k: ``TopKLogits.from_logits(logits, k)``, i.e. the k most probable ids, their
         log-probabilities and the exact log tail mass (a log-sum-exp over the other ids of
@@ -142,6 +151,19 @@ class CacheWriter:
             raise ValueError(f"teacher cache {str(self.path)!r} is already committed or aborted")
         index, logits = self._checked_batch(index, logits)
         rows = index.numpy()
+        if (aligned is None) != (self.manifest.alignment is None):
+            raise ValueError(
+                "aligned (the positions with a teacher row) is given exactly when the cache "
+                "has an alignment (a teacher with another tokenizer)"
+            )
+        if aligned is not None:
+            mask = torch.as_tensor(aligned).detach().cpu()
+            if tuple(mask.shape) != tuple(logits.shape[:-1]):
+                raise ValueError(
+                    f"aligned shape={tuple(mask.shape)} must be the logits' positions "
+                    f"{tuple(logits.shape[:-1])}"
+                )
+            self._arrays[ALIGNED][rows] = mask.numpy().astype(np.uint8)
         if self.manifest.kind == "dense":
             values = logits.float().numpy()
             largest = float(np.abs(values).max(initial=0.0))
