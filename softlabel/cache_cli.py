@@ -92,16 +92,24 @@ def build_cache(cfg: DictConfig) -> Path:
     for key in ("checkpoint", "pretrained"):  # made absolute
         if f"teacher_{key}" in record:
             recorded[key] = record[f"teacher_{key}"]
+    num_classes, teacher_rows = int(datamodule.num_classes), None
+    if lm:  # a padded teacher vocabulary: its first data-vocabulary logits, as the live path
+        from softlabel.models.hf import check_vocabularies
+
+        teacher_rows = output_rows(teacher)
+        vocab = int(datamodule.vocab_size)
+        num_classes = check_vocabularies(vocab, teacher_rows, vocab)
     return _write(
         cfg,
         out_path,
         datamodule,
         teacher,
         device,
-        output_rows(teacher) if lm else int(datamodule.num_classes),
+        num_classes,
         record["teacher_sha256"],
         recorded,
         row_shape=tuple(datamodule.input_shape) if lm else (),
+        teacher_classes=teacher_rows,
     )
 
 
@@ -115,6 +123,7 @@ def _write(
     teacher_sha256: str,
     recorded: dict[str, Any],
     row_shape: tuple[int, ...] = (),
+    teacher_classes: int | None = None,
 ) -> Path:
     """Run ``teacher`` over every item of ``datamodule.full_dataset()`` (in index order)
     and commit its outputs as the cache at ``out_path``."""
@@ -140,6 +149,7 @@ def _write(
         inputs_fingerprint=inputs_fingerprint(datamodule),
         overwrite=bool(cfg.overwrite),
         row_shape=row_shape,
+        teacher_classes=teacher_classes,
     ) as writer:
         batches = track(
             loader, total=len(loader), description="teacher logits", disable=not cfg.progress
