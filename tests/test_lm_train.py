@@ -465,3 +465,52 @@ def test_cache_of_a_padded_vocabulary_teacher_holds_what_the_live_path_sees(corp
             f"teacher.cache={tmp_path / 'cache'}",
         )
         assert metrics["global_step"] == 3
+
+
+def test_seed_sets_the_student_init_and_the_batch_order_with_a_cached_teacher(
+    corpus, trained, tmp_path, monkeypatch
+):
+    """The run's seed, not the cache, decides the student's initial weights (optimizer.lr=0
+    keeps them: hf_model/ holds the initialisation) and the order of the training blocks
+    (the indices the cached teacher is asked for)."""
+    from safetensors.torch import load_file
+
+    from softlabel.cache import TeacherCache
+    from softlabel.cache.cli import build_cache
+
+    teacher_run, _ = trained
+    cfg = _compose_cache(
+        *lm_args(corpus, tmp_path)[:6],
+        "teacher=hf_causal_lm",
+        f"teacher.pretrained={teacher_run / 'hf_model'}",
+        f"out={tmp_path / 'cache'}",
+        "kind=dense",
+        "progress=false",
+    )
+    build_cache(cfg)
+    asked: list[list[int]] = []
+    lookup = TeacherCache.lookup
+
+    def spy(self, index):
+        asked[-1] += index.tolist()
+        return lookup(self, index)
+
+    monkeypatch.setattr(TeacherCache, "lookup", spy)
+    weights = []
+    for i, seed in enumerate((0, 1, 0)):
+        asked.append([])
+        run(
+            corpus,
+            tmp_path / f"run{i}",
+            "target=kd",
+            "teacher=cached",
+            f"teacher.cache={tmp_path / 'cache'}",
+            f"seed={seed}",
+            "optimizer.lr=0",
+            "trainer.limit_train_batches=2",
+        )
+        weights.append(load_file(tmp_path / f"run{i}" / "hf_model" / "model.safetensors"))
+    assert len(asked[0]) == 8 and asked[0] == asked[2] and asked[0] != asked[1]
+    name = "transformer.h.0.attn.c_attn.weight"
+    assert torch.equal(weights[0][name], weights[2][name])
+    assert not torch.allclose(weights[0][name], weights[1][name])
