@@ -251,7 +251,10 @@ class StoredVersion:
     ) -> None:
         self.directory = directory
         self.manifest = manifest
-        paths = paths or {name: directory / name for name in DATA_FILES}
+        if paths is None:  # opened without PredictionStore.read: the manifest rule still holds
+            paths = listed_file_paths(
+                directory, manifest.files, DATA_FILES, manifest=repr(str(directory / MANIFEST_NAME))
+            )
         self.ids = np.load(paths[IDS_NAME], mmap_mode="r", allow_pickle=False)
         self.probs = np.load(paths[PROBS_NAME], mmap_mode="r", allow_pickle=False)
 
