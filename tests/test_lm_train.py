@@ -476,7 +476,7 @@ def test_seed_sets_the_student_init_and_the_batch_order_with_a_cached_teacher(
     from safetensors.torch import load_file
 
     from softlabel.cache import TeacherCache
-    from softlabel.cache.cli import build_cache
+    from softlabel.cache_cli import build_cache
 
     teacher_run, _ = trained
     cfg = _compose_cache(
