@@ -94,6 +94,7 @@ def build_cache(cfg: DictConfig) -> Path:
         if f"teacher_{key}" in record:
             recorded[key] = record[f"teacher_{key}"]
     alignment = None
+    num_classes, teacher_rows = int(datamodule.num_classes), None
     if has_other_vocabulary(provider):  # rows of the teacher's vocabulary at the data's positions
         student_fp, teacher_fp = provider.aligner.identities
         alignment = {
@@ -103,17 +104,25 @@ def build_cache(cfg: DictConfig) -> Path:
             "teacher.tokenizer": record["teacher_tokenizer"],
             **{k: record["teacher_alignment"][k] for k in ("scored", "aligned")},
         }
+        num_classes = output_rows(teacher)  # rows of the teacher's own vocabulary
+    elif lm:  # a padded teacher vocabulary: its first data-vocabulary logits, as the live path
+        from softlabel.models.hf import check_vocabularies
+
+        teacher_rows = output_rows(teacher)
+        vocab = int(datamodule.vocab_size)
+        num_classes = check_vocabularies(vocab, teacher_rows, vocab)
     return _write(
         cfg,
         out_path,
         datamodule,
         provider,
         device,
-        output_rows(teacher) if lm else int(datamodule.num_classes),
+        num_classes,
         record["teacher_sha256"],
         recorded,
         row_shape=tuple(datamodule.input_shape) if lm else (),
         alignment=alignment,
+        teacher_classes=teacher_rows,
     )
 
 
@@ -128,6 +137,7 @@ def _write(
     recorded: dict[str, Any],
     row_shape: tuple[int, ...] = (),
     alignment: dict[str, Any] | None = None,
+    teacher_classes: int | None = None,
 ) -> Path:
     """Run the teacher ``provider`` over every item of ``datamodule.full_dataset()`` (in
     index order) and commit its outputs as the cache at ``out_path`` (with ``alignment``:
@@ -156,6 +166,7 @@ def _write(
         overwrite=bool(cfg.overwrite),
         row_shape=row_shape,
         alignment=alignment,
+        teacher_classes=teacher_classes,
     ) as writer:
         batches = track(
             loader, total=len(loader), description="teacher logits", disable=not cfg.progress

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from softlabel._manifest import check_listed_files, listed_file_paths
+
 FORMAT_VERSION = 3
 #: versions this release reads: 2 (no row_shape, no stored tail: derived on read) and 3
 READABLE_VERSIONS = (2, 3)
@@ -209,19 +211,14 @@ class Manifest:
 
     def check_files(self, *, source: str) -> None:
         """Raise ValueError unless ``cache_id`` and ``files`` describe every array of a
-        committed cache (one entry per file, each with a hash per block of rows)."""
+        committed cache: exactly one entry per array file (the rule of
+        :mod:`softlabel._manifest`), each with a hash per block of rows."""
+        specs = self.array_specs()
+        check_listed_files(self.files, specs, manifest=f"of teacher cache {source}")
         problems = []
         if not isinstance(self.cache_id, str) or not self.cache_id:
             problems.append(f"cache_id={self.cache_id!r} is not a non-empty string")
-        specs = self.array_specs()
-        files = self.files if isinstance(self.files, dict) else {}
-        if sorted(files) != sorted(specs):
-            problems.append(
-                f"files lists {sorted(files)}, the {self.kind} arrays are {sorted(specs)}"
-            )
-        for name, entry in files.items():
-            if name not in specs:
-                continue
+        for name, entry in self.files.items():
             if not isinstance(entry, dict) or sorted(entry) != sorted(_FILE_FIELDS):
                 problems.append(f"files[{name!r}] needs exactly the keys {sorted(_FILE_FIELDS)}")
                 continue
@@ -283,7 +280,8 @@ def validate_layout(
 
 
 def read_manifest(path: Path) -> Manifest:
-    """Read and validate ``path / manifest.json`` and the shapes of the arrays beside it.
+    """Read and validate ``path / manifest.json`` and the shapes of the arrays beside it
+    (each listed, inside ``path`` with symlinks resolved: :mod:`softlabel._manifest`).
 
     Raises FileNotFoundError when ``path`` does not exist, ValueError when the directory
     is incomplete (no manifest: an interrupted write) or corrupt.
@@ -305,8 +303,10 @@ def read_manifest(path: Path) -> Manifest:
     if not isinstance(data, dict):
         raise ValueError(f"teacher cache {str(path)!r}: corrupt {MANIFEST_NAME}: not an object")
     manifest = Manifest.from_dict(data, source=repr(str(path)))
-    for name, (shape, dtype) in manifest.array_specs().items():
-        check_array_file(path / name, shape, dtype, manifest.files[name])
+    specs = manifest.array_specs()
+    files = listed_file_paths(path, manifest.files, specs, manifest=repr(str(manifest_path)))
+    for name, (shape, dtype) in specs.items():
+        check_array_file(files[name], shape, dtype, manifest.files[name])
     return manifest
 
 
