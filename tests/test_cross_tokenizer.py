@@ -171,7 +171,9 @@ def test_aligned_loss_against_its_formula(linear, topk):
     else:
         ours = loss(logits, target, taught, reference)
     keep = target != -100
-    ce = F.cross_entropy(logits.reshape(-1, vocab), target.clamp_min(0).reshape(-1), reduction="none")
+    ce = F.cross_entropy(
+        logits.reshape(-1, vocab), target.clamp_min(0).reshape(-1), reduction="none"
+    )
     ce = ce.view(target.shape)
     p = torch.softmax(logits, -1)
     if topk:
