@@ -21,7 +21,7 @@ def predictions_for(seed: int, skill: float, *, n: int = N, index_offset: int = 
     """Test predictions of a run: a fixed test set (labels, indices), logits from ``skill``."""
     test = np.random.default_rng(100)
     target = test.integers(0, K, n)
-    index = np.arange(n) * 3 + index_offset
+    index = test.permutation(3 * N)[:n] + index_offset  # dataset indices, not in order
     rng = np.random.default_rng(1000 * seed + int(skill * 100))
     logits = rng.normal(size=(n, K))
     logits[np.arange(n), target] += skill
@@ -29,7 +29,9 @@ def predictions_for(seed: int, skill: float, *, n: int = N, index_offset: int = 
     return probs.astype(np.float32), target, index
 
 
-def make_run(root: Path, method: str, seed: int, skill: float = 1.0, *, save=True, **kw) -> Path:
+def make_run(
+    root: Path, method: str, seed: int, skill: float = 1.0, *, save=True, with_index=True, **kw
+) -> Path:
     run = root / method / f"seed{seed}"
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text(f"method: {method}\nseed: {seed}\n")
@@ -40,8 +42,9 @@ def make_run(root: Path, method: str, seed: int, skill: float = 1.0, *, save=Tru
     record["best"] = {"epoch": 2, **metrics}
     (run / "metrics.json").write_text(json.dumps(record))
     if save:
+        arrays = {"probs": probs, "target": target} | ({"index": index} if with_index else {})
         for name in ("predictions_test.npz", "predictions_test_last.npz"):
-            np.savez(run / name, probs=probs, target=target, index=index)
+            np.savez(run / name, **arrays)
     return run
 
 
@@ -225,3 +228,13 @@ def test_write_report_records_the_problems(runs: Path, tmp_path: Path) -> None:
         f"run {runs.resolve() / 'kd' / 'seed3'} (method `kd`, seed 3) failed"
     ]
     assert report.summary.read_text().count("**Problem:**") == 1
+
+
+def test_files_without_indices_are_paired_in_their_saved_order(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        make_run(root, "hard", seed, with_index=seed == 0)  # one file of the pair has none
+        make_run(root, "kd", seed, 2.0)
+    report = aggregate([root], tmp_path / "out", stats=StatsSettings(n_boot=100))
+    table = pd.read_csv(report.differences)
+    assert set(table["resampled"]) == {"seeds x examples"} and report.problems == []

@@ -231,7 +231,14 @@ def _compare(
             f"runs without usable saved predictions: {', '.join(without)}."
         )
     if not without:
-        paired = [(saved[m.run_dir].aligned(), saved[b.run_dir].aligned()) for m, b in pairs]
+        # by dataset index when every file has one, else in the order saved
+        by_index = all(saved[r.run_dir].index is not None for pair in pairs for r in pair)
+        paired = [
+            (saved[m.run_dir], saved[b.run_dir])
+            if not by_index
+            else (saved[m.run_dir].aligned(), saved[b.run_dir].aligned())
+            for m, b in pairs
+        ]
         for seed, (m, b), (mp, bp) in zip(seeds, pairs, paired):
             reason = same_test_set([mp, bp])
             if reason:
