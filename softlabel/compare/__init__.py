@@ -17,6 +17,7 @@ from .differences import (
     StatsSettings,
     compare_predictions,
     paired_differences,
+    seed_differences,
 )
 from .launch import pending_seeds, run_plan
 from .plan import ComparePlan, Job, MethodSpec, PretrainedSpec, plan_from_config
@@ -54,6 +55,7 @@ __all__ = [
     "reliability_bins",
     "results_frame",
     "run_plan",
+    "seed_differences",
     "summarize",
     "summary_markdown",
     "write_report",

@@ -7,7 +7,8 @@ predictions, ordered by dataset index). The difference of a metric is
     d = (1/S) sum_s [metric(method, s) - metric(baseline, s)]
 
 over the S paired seeds. Its interval is the percentile interval of ``d`` recomputed on
-``n_boot`` resamples of the seeds and the test examples (:mod:`softlabel.compare.stats`);
+``n_boot`` resamples of the seeds and the test examples, the seed part shrunk so that the
+example noise it holds is not counted twice (:func:`~softlabel.compare.stats.combine_draws`);
 ``p_value`` is the exact McNemar test for accuracy and a paired permutation test (each
 (seed, example) pair's two predictions swapped at random, ``n_boot`` times) for the other
 metrics. Both examine these runs; the interval also covers the seed-to-seed variation.
@@ -49,6 +50,7 @@ __all__ = [
     "compare_predictions",
     "default_baseline",
     "paired_differences",
+    "seed_differences",
 ]
 
 DIFFERENCE_COLUMNS = (
@@ -302,21 +304,18 @@ def _compare(
         )
         if not np.all(np.isfinite(d)):
             continue
-        rng = np.random.default_rng(settings.seed)
-        boot = combine_draws(d, None, seed_counts(rng, settings.n_boot, len(seeds)))
-        low, high = percentile_interval(boot, settings.level)
-        p_value = sign_flip_pvalue(d, np.random.default_rng([settings.seed, 1]), settings.n_boot)
+        result = seed_differences(d, settings)
         rows.append(
             {
                 **common,
                 "metric": name,
-                "difference": float(d.mean()),
-                "ci_low": low,
-                "ci_high": high,
-                "p_value": p_value,
+                "difference": result.difference,
+                "ci_low": result.ci_low,
+                "ci_high": result.ci_high,
+                "p_value": result.p_value,
                 "n_examples": None,
                 "resampled": SEEDS_ONLY,
-                "test": "sign-flip over seeds",
+                "test": result.test,
             }
         )
     order = {name: i for i, name in enumerate(metrics)}
@@ -334,6 +333,25 @@ class PairedResult:
     p_value: float
     test: str
     floored: tuple[tuple[Path, int], ...] = ()
+
+
+def seed_differences(
+    differences: Sequence[float], settings: StatsSettings | None = None
+) -> PairedResult:
+    """Paired difference from per-seed differences only (``method - baseline`` of each seed,
+    e.g. logged metrics): their mean, the seed bootstrap interval and an exact sign-flip
+    p-value over seeds (:mod:`softlabel.compare.stats`)."""
+    settings = settings or StatsSettings()
+    d = np.asarray(differences, dtype=np.float64)
+    if d.ndim != 1 or d.size == 0 or not np.all(np.isfinite(d)):
+        raise ValueError(
+            f"differences must be a non-empty list of finite numbers, got {differences!r}"
+        )
+    rng = np.random.default_rng(settings.seed)
+    draws = combine_draws(d, None, seed_counts(rng, settings.n_boot, d.size))
+    low, high = percentile_interval(draws, settings.level)
+    p_value = sign_flip_pvalue(d, np.random.default_rng([settings.seed, 1]), settings.n_boot)
+    return PairedResult(float(d.mean()), low, high, p_value, "sign-flip over seeds")
 
 
 def compare_predictions(
