@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from softlabel._config_check import check_config
 from softlabel.compare.plan import plan_from_config
 from softlabel.targets import TargetSource
 from softlabel.train import CONF_DIR
@@ -27,6 +28,8 @@ def _recipe(path: Path, tmp_path: Path) -> dict:
     if "cache_root: ???" in path.read_text():  # recipes whose run.sh writes teacher caches first
         overrides.append(f"cache_root={tmp_path / 'caches'}")
     with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
+        checked = compose(path.stem, overrides=overrides, return_hydra_config=True)
+        check_config(checked, "compare/base")  # every key is one of softlabel-compare's
         cfg = compose(path.stem, overrides=overrides)
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
