@@ -15,7 +15,8 @@ A key the reference lacks is still allowed when
   model config, environment variables, the comparison's method names, Hydra's own node);
 * its node names a ``_target_`` that accepts it (the reference's own callable, or one you
   put there yourself): a keyword of the callable's signature, or any key when the callable
-  takes ``**kwargs``; a new entry of a :data:`NAMED_KEYS` mapping is such a node;
+  takes ``**kwargs`` or cannot be imported (instantiating it will say so); a new entry of
+  a :data:`NAMED_KEYS` mapping is such a node;
 * it is a new group option's node (your own ``data/mine.yaml``), checked by its ``_target_``;
 * the command line added it (``+key=value`` / ``++key=value``);
 * an interpolation refers to it (``cache_root: ???`` used as ``${cache_root}``): a value
@@ -124,6 +125,7 @@ def check_config(
     reference: dict[str, Any] = {}
     overlays: list[tuple[str, dict[str, Any]]] = []
     new_options: set[str] = set()
+    based = False
     for entry in entries:
         path = entry.config_path
         if path is None or path == "hydra/config" or path.startswith("hydra/"):
@@ -140,11 +142,17 @@ def check_config(
         from_shipped = source is not None and os.path.realpath(source) == shipped
         is_schema = from_shipped and (path in schema if not entry.package else True)
         if is_schema:
+            based = based or not entry.package
             _merge(reference, placed)
         else:
             overlays.append((_file_name(loaded.path, path), placed))
             if entry.package:
                 new_options.add(entry.package)
+    if not based:
+        raise UnknownKeyError(
+            f"config {config_name!r} does not build on softlabel's {' or '.join(schema)}: "
+            f"start it with `defaults: [{schema[0]}, _self_]` (then set only its keys)"
+        )
     user = OmegaConf.to_container(cfg, resolve=False)
     assert isinstance(user, dict)
     added = {
@@ -222,8 +230,8 @@ class _Walk:
                 self.user_object(value, here)
 
     def params(self, target: str) -> frozenset[str] | None:
-        """The keyword arguments ``target`` takes (None: any, through ``**kwargs``). A target
-        that cannot be imported takes none here: its run would fail anyway."""
+        """The keyword arguments ``target`` takes; None when any (``**kwargs``) or unknown
+        (not importable here: instantiating it reports that)."""
         if target not in self._params:
             self._params[target] = _signature_keys(target)
         return self._params[target]
@@ -259,8 +267,8 @@ def _signature_keys(target: str) -> frozenset[str] | None:
 
     try:
         parameters = inspect.signature(get_object(target)).parameters.values()
-    except Exception:  # not importable, or no signature: only the reference's keys
-        return frozenset()
+    except Exception:  # not importable (the run reports it), or no signature: not checked
+        return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return None
     return frozenset(

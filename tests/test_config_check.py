@@ -190,3 +190,19 @@ def test_cache_shares_threads(tmp_path, monkeypatch, capsys):
     with pytest.raises(UnknownKeyError, match="`thread` .did you mean `threads`"):
         _app(main, "thread=1", "--cfg", "job", cwd=tmp_path, monkeypatch=monkeypatch)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_primary_config_of_your_own_must_build_on_the_apps(tmp_path):
+    configs = tmp_path / "configs"
+    _write(configs / "mine.yaml", "defaults:\n  - train\n  - _self_\nseed: 3\n")
+    _write(configs / "typo.yaml", "defaults:\n  - train\n  - _self_\nsed: 3\n")
+    _write(configs / "alone.yaml", "seed: 3\n")
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        searchpath = f"hydra.searchpath=[file://{CONF_DIR}]"
+        check_config(compose("mine", [searchpath], return_hydra_config=True), "train")
+        with pytest.raises(UnknownKeyError, match=r"typo.yaml: unknown key `sed` \(did you mean"):
+            check_config(compose("typo", [searchpath], return_hydra_config=True), "train")
+        with pytest.raises(
+            UnknownKeyError, match=r"does not build on .*defaults: \[train, _self_\]"
+        ):
+            check_config(compose("alone", [searchpath], return_hydra_config=True), "train")
