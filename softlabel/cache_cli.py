@@ -29,8 +29,8 @@ def _required(cfg: DictConfig, key: str, hint: str) -> Any:
 
 def _check_options(cfg: DictConfig) -> int | None:
     """Fail on bad options before the data and the teacher are loaded; returns ``threads``."""
+    from softlabel._threads import check_threads
     from softlabel.cache.format import KINDS, VALUE_DTYPES
-    from softlabel.modules.run.checks import check_threads
 
     if cfg.kind not in KINDS:
         raise ValueError(f"kind={cfg.kind!r} is not allowed; use one of {KINDS}")

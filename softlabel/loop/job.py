@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from softlabel._io import atomic_write_json
+from softlabel._threads import check_threads
 from softlabel.loop.runner import (
     METHODS,
     LoopSettings,
@@ -84,7 +85,6 @@ def run_job(cfg: DictConfig, output_dir: str | os.PathLike[str]) -> Any:
     checkpoints, logs), and ``versions.csv``, ``summary.md``, ``versions.png``, ``loop.json``.
     """
     from softlabel.loop.report import write_report
-    from softlabel.modules.run.checks import check_threads
 
     methods = [str(m) for m in _list(cfg.get("methods"), cfg.method)]
     seeds = [int(s) for s in _list(cfg.get("seeds"), cfg.seed)]
