@@ -12,11 +12,12 @@ the reference's keys and nothing else.
 A key the reference lacks is still allowed when
 
 * it sits under a node of :data:`OPEN_KEYS` (mappings whose keys are yours: a Hugging Face
-  model config, environment variables, the comparison's method names, Hydra's own node);
+  model config, environment variables, Hydra's own node);
+* it is the name of an entry of a :data:`NAMED_KEYS` mapping (callbacks, the comparison's
+  methods), whose own keys are checked;
 * its node names a ``_target_`` that accepts it (the reference's own callable, or one you
   put there yourself): a keyword of the callable's signature, or any key when the callable
-  takes ``**kwargs`` or cannot be imported (instantiating it will say so); a new entry of
-  a :data:`NAMED_KEYS` mapping is such a node;
+  takes ``**kwargs`` or cannot be imported (instantiating it will say so);
 * it is a new group option's node (your own ``data/mine.yaml``), checked by its ``_target_``;
 * the command line added it (``+key=value`` / ``++key=value``);
 * an interpolation refers to it (``cache_root: ???`` used as ``${cache_root}``): a value
@@ -32,7 +33,7 @@ import difflib
 import inspect
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,14 +56,16 @@ OPEN_KEYS: dict[str, str] = {
     "teacher.model.config": "a Hugging Face model config, passed to from_config",
     "previous.model.config": "a Hugging Face model config, passed to from_config",
     "env": "softlabel-compare: environment variables of the training commands",
-    "methods": "softlabel-compare: method names; each entry is checked by the comparison plan",
-    "pretrained": "softlabel-compare: pretrained-model names; each entry is checked by the plan",
 }
 
-#: Mappings of named objects: a shipped name is checked like any node, a new name needs a
-#: ``_target_`` and is checked by the callable's arguments.
+#: Mappings of named entries (the names are yours). An entry of a mapping the app gives
+#: entry keys for (``check_config(..., entries=...)``: softlabel-compare's ``methods`` and
+#: ``pretrained``) may hold those keys; otherwise a shipped name is checked like any node
+#: and a new name needs a ``_target_``, checked by the callable's arguments.
 NAMED_KEYS: dict[str, str] = {
     "callbacks": "softlabel-train: Lightning callbacks by name",
+    "methods": "softlabel-compare: method name -> overrides, or {overrides, teacher, previous}",
+    "pretrained": "softlabel-compare: name -> overrides, or {overrides, seed, checkpoint}",
 }
 
 #: Keys Hydra's ``instantiate`` reads itself.
@@ -94,14 +97,19 @@ def unknown_key_message(key: str, allowed: Iterable[str], where: str = "") -> st
 
 
 def check_config(
-    cfg: DictConfig, schema: str | Sequence[str], *, conf_dir: str | None = None
+    cfg: DictConfig,
+    schema: str | Sequence[str],
+    *,
+    entries: Mapping[str, Collection[str]] | None = None,
+    conf_dir: str | None = None,
 ) -> None:
     """Raise :class:`UnknownKeyError` when ``cfg`` sets a key its reference does not have.
 
     ``cfg`` is a config composed with its ``hydra`` node (``return_hydra_config=True``
     with Hydra's compose API), checked while that Hydra is initialised; ``schema`` names
     the app's primary config(s) in ``conf_dir`` (default: softlabel's config directory)
-    that define its top-level keys.
+    that define its top-level keys; ``entries`` maps a :data:`NAMED_KEYS` mapping to the
+    keys its entries may hold when they are mappings.
     """
     from hydra._internal.defaults_list import create_defaults_list
     from hydra.core.global_hydra import GlobalHydra
@@ -114,7 +122,7 @@ def check_config(
     config_name = cfg.hydra.job.config_name
     # the repository with hydra.searchpath's directories, as Hydra composed cfg
     parsed, repository = loader._parse_overrides_and_create_caching_repo(config_name, overrides)
-    entries = create_defaults_list(
+    defaults = create_defaults_list(
         repo=repository,
         config_name=config_name,
         overrides_list=parsed,
@@ -126,7 +134,7 @@ def check_config(
     overlays: list[tuple[str, dict[str, Any]]] = []
     new_options: set[str] = set()
     based = False
-    for entry in entries:
+    for entry in defaults:
         path = entry.config_path
         if path is None or path == "hydra/config" or path.startswith("hydra/"):
             continue
@@ -166,6 +174,7 @@ def check_config(
         added=added,
         variables=set(_references(user)),
         choices=dict(cfg.hydra.runtime.choices),
+        entries={k: frozenset(v) for k, v in (entries or {}).items()},
     )
     user.pop("hydra", None)
     walk.node(user, reference, "")
@@ -185,6 +194,7 @@ class _Walk:
     added: set[str]
     variables: set[str]
     choices: dict[str, Any]
+    entries: dict[str, frozenset[str]]
     problems: list[str] = field(default_factory=list)
     _params: dict[str, frozenset[str] | None] = field(default_factory=dict)
 
@@ -208,6 +218,13 @@ class _Walk:
     def child(self, value: Any, ref: Any, path: str) -> None:
         if not isinstance(value, dict) or not isinstance(ref, dict) or path in OPEN_KEYS:
             return  # a value (a mapping where the reference has a scalar or null is one too)
+        if path in self.entries:
+            for name, entry in value.items():
+                here = f"{path}.{name}"
+                for key in entry if isinstance(entry, dict) else ():
+                    if key not in self.entries[path] and not self._exempt(f"{here}.{key}"):
+                        self.unknown(f"{here}.{key}", self.entries[path], here)
+            return
         if _target(value) and _target(value) != _target(ref):
             self.user_object(value, path)  # your own callable: its arguments decide
         else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig
@@ -34,13 +34,15 @@ def hydra_app(
     *,
     config_name: str,
     schema: str | Sequence[str] | None = None,
+    entries: Mapping[str, Collection[str]] | None = None,
     check: Callable[[DictConfig], None] | None = None,
 ) -> Callable[[], Any]:
     """The app's ``main()``: ``hydra.main(config_path=CONF_DIR, config_name=...)`` around
     ``task_function``, after the config check.
 
     ``schema``: the primary config(s) defining the app's top-level keys (default
-    ``config_name``). ``check(cfg)``: the app's own checks of a composed config (with its
+    ``config_name``); ``entries``: the keys of named entries (see
+    :func:`~softlabel._config_check.check_config`). ``check(cfg)``: the app's own checks of a composed config (with its
     ``hydra`` node), made before a run or multirun, not for ``--cfg``.
     """
     import hydra
@@ -53,7 +55,9 @@ def hydra_app(
         from hydra._internal.utils import run_and_report
 
         run_and_report(
-            lambda: _check_before_running(task_function, config_name, schema or config_name, check)
+            lambda: _check_before_running(
+                task_function, config_name, schema or config_name, entries, check
+            )
         )
         return hydra_main()
 
@@ -66,6 +70,7 @@ def _check_before_running(
     task_function: Callable[[DictConfig], Any],
     config_name: str,
     schema: str | Sequence[str],
+    entries: Mapping[str, Collection[str]] | None,
     check: Callable[[DictConfig], None] | None,
 ) -> None:
     from hydra._internal.hydra import Hydra
@@ -105,7 +110,7 @@ def _check_before_running(
     )
     try:
         for cfg in _job_configs(app, name, list(args.overrides), args.multirun):
-            check_config(cfg, schema)
+            check_config(cfg, schema, entries=entries)
             if check is not None and args.cfg is None:
                 _app_check(check, cfg)
     finally:
@@ -115,11 +120,12 @@ def _check_before_running(
 def _app_check(check: Callable[[DictConfig], None], cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import OmegaConfBaseException
 
     HydraConfig.instance().set_config(cfg)  # ${hydra:...} resolves as in the run
     try:
         check(cfg)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, OmegaConfBaseException) as error:
         raise ConfigCompositionException(str(error)) from error
 
 

@@ -206,3 +206,59 @@ def test_a_primary_config_of_your_own_must_build_on_the_apps(tmp_path):
             UnknownKeyError, match=r"does not build on .*defaults: \[train, _self_\]"
         ):
             check_config(compose("alone", [searchpath], return_hydra_config=True), "train")
+
+
+RECIPE = """defaults:
+  - compare/base
+  - _self_
+name: typo
+base: [data=digits, trainer.max_epochs=1]
+methods:
+  hard: [target=hard]
+  kd: {overrides: [target=kd, teacher=mlp_small], teachr: small}
+pretrained:
+  small: {overides: [student=mlp_small, target=hard], checkpoint: last}
+"""
+
+
+def test_a_recipe_with_misspelt_keys_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """The misspelt top-level keys of a softlabel-compare recipe, and misspelt keys of a
+    method and a pretrained entry: every one refused, nothing trained or written."""
+    from softlabel.compare.cli import main
+
+    recipe = _write(tmp_path / "configs" / "recipe.yaml", RECIPE + "job: 2\nseedz: [0, 1]\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = ["--config-dir", str(recipe.parent), "--config-name", "recipe", f"out={work}/cmp"]
+    with pytest.raises(UnknownKeyError) as refused:
+        _app(main, *argv, cwd=work, monkeypatch=monkeypatch)
+    message = str(refused.value)
+    for line in (
+        "recipe.yaml: unknown key `job` (did you mean `jobs`?); allowed keys at the top "
+        "level: base, dry_run, env, extra, headline, jobs, launch, log_tail_lines, methods,",
+        "recipe.yaml: unknown key `seedz` (did you mean `seeds`?)",
+        "recipe.yaml: unknown key `methods.kd.teachr` (did you mean `teacher`?); allowed "
+        "keys under `methods.kd`: overrides, previous, teacher",
+        "recipe.yaml: unknown key `pretrained.small.overides` (did you mean `overrides`?); "
+        "allowed keys under `pretrained.small`: checkpoint, overrides, seed",
+    ):
+        assert line in message
+    assert list(work.iterdir()) == []
+
+
+def test_the_command_a_user_types_prints_the_refusal_and_writes_nothing(tmp_path):
+    import os
+    import subprocess
+
+    recipe = _write(tmp_path / "configs" / "recipe.yaml", RECIPE.replace("teachr", "teacher"))
+    _write(recipe, recipe.read_text().replace("overides", "overrides") + "job: 2\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    command = [sys.executable, "-m", "softlabel.compare.cli", "--config-dir", str(recipe.parent)]
+    done = subprocess.run(
+        [*command, "--config-name", "recipe"], cwd=work, capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "recipe.yaml: unknown key `job` (did you mean `jobs`?)" in done.stderr
+    assert list(work.iterdir()) == []

@@ -14,13 +14,20 @@ APPS = ("softlabel.train", "softlabel.cache_cli", "softlabel.compare", "softlabe
 LIGHTNING = ("softlabel.modules",)
 #: the layers of the libraries, bottom up: a module imports from its own layer or below
 LAYERS = (
-    ("softlabel._io", "softlabel._conf", "softlabel.schedules", "softlabel.kernels"),
+    (
+        "softlabel._io",
+        "softlabel._conf",
+        "softlabel._threads",
+        "softlabel.schedules",
+        "softlabel.kernels",
+    ),
     ("softlabel.functional",),
     ("softlabel.targets",),
     ("softlabel.loss",),
     ("softlabel.linear_loss",),
     ("softlabel.data", "softlabel.models", "softlabel.cache"),
     ("softlabel.modules",),
+    ("softlabel._config_check", "softlabel._hydra_app"),  # the apps' entry point
     APPS,
 )
 

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from softlabel._config_check import check_config
-from softlabel.compare.plan import plan_from_config
+from softlabel.compare.plan import ENTRY_KEYS, plan_from_config
 from softlabel.targets import TargetSource
 from softlabel.train import CONF_DIR
 
@@ -29,7 +29,7 @@ def _recipe(path: Path, tmp_path: Path) -> dict:
         overrides.append(f"cache_root={tmp_path / 'caches'}")
     with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
         checked = compose(path.stem, overrides=overrides, return_hydra_config=True)
-        check_config(checked, "compare/base")  # every key is one of softlabel-compare's
+        check_config(checked, "compare/base", entries=ENTRY_KEYS)  # softlabel-compare's keys
         cfg = compose(path.stem, overrides=overrides)
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
