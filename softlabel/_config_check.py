@@ -255,7 +255,7 @@ class _Walk:
 
     def unknown(self, path: str, allowed: Iterable[str], parent: str) -> None:
         files = [name for name, placed in self.overlays if _has(placed, path)]
-        source = ", ".join(dict.fromkeys(files)) if files else "config"
+        source = ", ".join(dict.fromkeys(files)) if files else "command line"
         where = "at the top level"
         if parent:
             choice = next(

@@ -42,8 +42,9 @@ def hydra_app(
 
     ``schema``: the primary config(s) defining the app's top-level keys (default
     ``config_name``); ``entries``: the keys of named entries (see
-    :func:`~softlabel._config_check.check_config`). ``check(cfg)``: the app's own checks of a composed config (with its
-    ``hydra`` node), made before a run or multirun, not for ``--cfg``.
+    :func:`~softlabel._config_check.check_config`); ``check(cfg)``: the app's own checks
+    of a composed config (with its ``hydra`` node), made before a run or multirun, not for
+    ``--cfg``.
     """
     import hydra
 
