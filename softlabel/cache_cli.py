@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from softlabel._conf import CONF_DIR
+from softlabel._hydra_app import hydra_app
 
 __all__ = ["CONF_DIR", "build_cache", "main"]
 
@@ -27,8 +27,9 @@ def _required(cfg: DictConfig, key: str, hint: str) -> Any:
     return cfg[key]
 
 
-def _check_options(cfg: DictConfig) -> None:
-    """Fail on bad options before the data and the teacher are loaded."""
+def _check_options(cfg: DictConfig) -> int | None:
+    """Fail on bad options before the data and the teacher are loaded; returns ``threads``."""
+    from softlabel._threads import check_threads
     from softlabel.cache.format import KINDS, VALUE_DTYPES
 
     if cfg.kind not in KINDS:
@@ -39,6 +40,7 @@ def _check_options(cfg: DictConfig) -> None:
         raise ValueError(f"k={cfg.k!r} must be a positive integer for kind=topk")
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise ValueError(f"batch_size={cfg.batch_size!r} must be a positive integer")
+    return check_threads(cfg)
 
 
 def _check_teacher(cfg: DictConfig) -> None:
@@ -62,7 +64,7 @@ def build_cache(cfg: DictConfig) -> Path:
     block (dense), or the top-k ids, their log-probabilities and the log tail mass."""
     _check_teacher(cfg)
     out = _required(cfg, "out", "give out=DIR, the cache directory to write")
-    _check_options(cfg)
+    threads = _check_options(cfg)
 
     import torch
 
@@ -75,6 +77,8 @@ def build_cache(cfg: DictConfig) -> Path:
     from softlabel.modules.cross_tokenizer import has_other_vocabulary
     from softlabel.modules.frozen import output_rows
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     out_path = Path(absolute_path(out))
     datamodule = build_datamodule(cfg)
     lm = is_causal_lm(datamodule)
@@ -180,13 +184,17 @@ def _write(
         return writer.commit()
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="cache")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point: write the cache and print what was written."""
+def _job(cfg: DictConfig) -> None:
+    """The Hydra task: write the cache and print what was written."""
     from softlabel.cache.reader import TeacherCache
 
     cache = TeacherCache.open(build_cache(cfg))
     print(f"wrote {cache!r}: {cache.nbytes} bytes")
+
+
+main = hydra_app(_job, config_name="cache")
+"""Console entry point ``softlabel-cache``: the config checked (unknown keys refused), then
+the Hydra app (conf/cache.yaml)."""
 
 
 if __name__ == "__main__":

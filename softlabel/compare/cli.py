@@ -21,8 +21,6 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from softlabel._conf import CONF_DIR
-
 __all__ = ["aggregate", "compare", "main"]
 
 
@@ -196,20 +194,48 @@ def _aggregate_main(argv: Sequence[str]) -> int:
     return _finish(report)
 
 
+def _config(cfg) -> dict:
+    """The composed config as a plain dict, resolved, without Hydra's node."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
+    )
+    assert isinstance(config, dict)
+    return config
+
+
+_STATUS: list[int] = []  # each job's exit status (1: some runs failed)
+
+
+def _job(cfg) -> None:
+    """The Hydra task: run (or aggregate) the comparison."""
+    _STATUS.append(_finish(compare(_config(cfg))))
+
+
+def _check(cfg) -> None:
+    """The plan checked before Hydra writes ``out`` (method and pretrained entries, seeds,
+    launch, headline, threads, ...)."""
+    from .plan import plan_from_config
+
+    config = _config(cfg)
+    if not config.get("runs"):
+        plan_from_config(config)
+
+
 def _hydra_main() -> None:
-    import hydra
-    from omegaconf import DictConfig, OmegaConf
+    from softlabel._hydra_app import hydra_app
 
-    status = []
+    from .plan import ENTRY_KEYS
 
-    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
-    def app(cfg: DictConfig) -> None:
-        config = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(config, dict)
-        status.append(_finish(compare(config)))
-
-    app()
-    if any(status):
+    hydra_app(
+        _job,
+        config_name="compare",
+        schema="compare/base",  # the keys of every comparison config (compare.yaml, recipes)
+        entries=ENTRY_KEYS,
+        check=_check,
+    )()
+    if any(_STATUS):
         sys.exit(1)
 
 
