@@ -22,9 +22,11 @@ unmatched tokens' probabilities alone. GOLD uses a generalized JSD on the raw ma
 probabilities and weights M / V_t and 1 - M / V_t, the defaults here when the weights are
 None.
 
-Sorting makes the loss O(V log V) per row and its gradient a permutation of signs; the chunk
-differentiates the formula with autograd on its rows (the sort dominates the cost either
-way), so only chunk-sized temporaries exist.
+Sorting makes the loss O(V log V) per row and its gradient a permutation of signs. Past the
+smaller vocabulary's width w the padded terms are the larger vector's own entries, so only its
+w largest are sorted (``topk``) and the rest is summed: O(V log w), the same value and gradient
+(with SmolLM2's 49,152 ids against a byte-level student's 258, w = 258). The chunk
+differentiates the formula with autograd on its rows, so only chunk-sized temporaries exist.
 """
 
 from __future__ import annotations
@@ -46,15 +48,25 @@ from softlabel.kernels.modes.smoothing import cross_entropy_rows
 from softlabel.kernels.references import LinearHead, TopKLogits
 
 
+def _largest(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``(values, rest)``: the ``k`` largest entries of each row in decreasing order and the
+    sum of the others (a masked sum, so that a tiny rest is not lost to cancellation)."""
+    if k >= x.shape[1]:
+        return x.sort(dim=1, descending=True).values, x.new_zeros(x.shape[0])
+    values, index = x.topk(k, dim=1)
+    others = torch.ones_like(x, dtype=torch.bool).scatter_(1, index, False)
+    return values, (x * others).sum(dim=1)
+
+
 def _sorted_l1(p: Tensor, q: Tensor) -> Tensor:
     """sum_i |sort(p)_i - sort(q)_i| per row, each sorted decreasingly, the shorter padded
-    with zeros."""
-    p_sorted = p.sort(dim=1, descending=True).values
-    q_sorted = q.sort(dim=1, descending=True).values
-    width = max(p_sorted.shape[1], q_sorted.shape[1])
-    p_sorted = F.pad(p_sorted, (0, width - p_sorted.shape[1]))
-    q_sorted = F.pad(q_sorted, (0, width - q_sorted.shape[1]))
-    return (p_sorted - q_sorted).abs().sum(dim=1)
+    with zeros. Past the shorter width w the terms are |0 - x_i| = x_i: only the w largest of
+    the wider vector are sorted (``topk``, O(V log w) instead of a full O(V log V) sort) and
+    the rest enters as its sum, the same value and gradient."""
+    width = min(p.shape[1], q.shape[1])
+    p_sorted, p_rest = _largest(p, width)
+    q_sorted, q_rest = _largest(q, width)
+    return (p_sorted - q_sorted).abs().sum(dim=1) + p_rest + q_rest
 
 
 def _sorted_l1_buckets(p: Tensor, teacher: TopKLogits, temperature: float) -> Tensor:
