@@ -7,13 +7,14 @@ with ``amax``/``relu``), Tf-KD_reg (``virtual_teacher_loss`` vs a dense softened
 correlations), OLS (``SoftTargetLoss(OnlineLabelSmoothing)`` one epoch in, i.e. with a (K, K)
 prior, plus its statistics hook, vs ``label_smoothing_loss`` with a uniform prior), AdaLabel's
 eps (``confidence_smoothing_loss`` vs the explicit per-row target and ``log_softmax``), ULD
-(``uld_loss`` vs softmax, sort, zero padding and the L1 distance written in PyTorch, case
-``uld``: a vocabulary of 49,152, SmolLM2's, on both sides). Forward +
+(``uld_loss`` vs softmax, sort, zero padding and the L1 distance written in PyTorch; case
+``uld``: a vocabulary of 49,152, SmolLM2's, on both sides; case ``uld_bytes``: a byte-level
+student's 258 against SmolLM2's 49,152, the cross-tokenizer pair). Forward +
 backward time (median of ``--repeat`` runs after a warm-up) and peak extra memory (CPU: a
 fresh subprocess per variant, VmHWM after the run minus VmRSS once the inputs exist).
 
     python benchmarks/sources.py --threads 2 --repeat 3
-    python benchmarks/sources.py --threads 2 --repeat 3 --cases uld
+    python benchmarks/sources.py --threads 2 --repeat 3 --cases uld,uld_bytes
 """
 
 from __future__ import annotations
@@ -64,14 +65,17 @@ CASES = {
     "vocabulary": (2048, 32000, ("MbLS", "Tf-KD", "DIST", "AdaLabel")),
     "classes": (4096, 1000, ("MbLS", "Tf-KD", "DIST", "OLS", "AdaLabel")),
     "uld": (1024, 49152, ("ULD",)),
+    "uld_bytes": (1024, 258, ("ULD",)),
 }
+#: cases whose teacher has another vocabulary than the student: name -> teacher classes
+TEACHER_CLASSES = {"uld_bytes": 49152}
 
 
 def make_inputs(case: str) -> dict[str, torch.Tensor]:
     n, k, _ = CASES[case]
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(n, k, generator=gen).mul_(4.0).requires_grad_()
-    teacher = torch.randn(n, k, generator=gen).mul_(2.0)
+    teacher = torch.randn(n, TEACHER_CLASSES.get(case, k), generator=gen).mul_(2.0)
     target = torch.randint(0, k, (n,), generator=gen)
     target[torch.rand(n, generator=gen) < 0.1] = IGNORE
     return {"logits": logits, "teacher": teacher, "target": target}
@@ -121,7 +125,9 @@ def make_step(variant: str, x: dict[str, torch.Tensor]) -> Callable[[], None]:
     def uld_reference() -> torch.Tensor:
         p = torch.softmax(s, dim=1).sort(dim=1, descending=True).values
         q = torch.softmax(t, dim=1).sort(dim=1, descending=True).values
-        soft = (p - q).abs().sum(dim=1)  # same width here: no padding needed
+        width = max(p.shape[1], q.shape[1])  # the shorter padded with zeros
+        p, q = F.pad(p, (0, width - p.shape[1])), F.pad(q, (0, width - q.shape[1]))
+        soft = (p - q).abs().sum(dim=1)
         ce = F.cross_entropy(s, y, ignore_index=IGNORE, reduction="none")
         return ((0.5 * ce + 0.5 * soft) * valid).sum() / n_valid
 
@@ -188,8 +194,9 @@ def run_case(case: str, args: argparse.Namespace) -> str:
         mib = None if args.no_memory else peak_memory_mib(variant, case, args.threads)
         rows[variant] = (seconds, mib)
         print(f"  {case}: {variant}: {seconds:.3f} s, {mib} MiB", file=sys.stderr, flush=True)
+    teacher = f", teacher ({n}, {TEACHER_CLASSES[case]})" if case in TEACHER_CLASSES else ""
     lines = [
-        f"### {case}: logits ({n}, {k}) fp32, 10% ignored",
+        f"### {case}: logits ({n}, {k}){teacher} fp32, 10% ignored",
         "",
         "| variant | time (s) | time / ref | peak extra (MiB) | peak / ref |",
         "|---|---:|---:|---:|---:|",
