@@ -163,7 +163,7 @@ def _aggregate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", help="output directory (default: the first DIR)")
     parser.add_argument("--title", default="Comparison", help="title of summary.md")
     parser.add_argument(
-        "--metrics", nargs="+", help="metric names (default: acc nll ece auroc logloss)"
+        "--metrics", nargs="+", help="metric names (default: acc nll ece auroc logloss bpb)"
     )
     parser.add_argument(
         "--baseline", help="method the others are compared with (default: hard, else the first)"

@@ -20,7 +20,7 @@ from .table import summarize
 
 __all__ = ["plot_curves", "plot_metric_bars", "plot_reliability"]
 
-_LOWER_IS_BETTER = {"nll", "ece", "logloss", "loss", "loss_epoch"}
+_LOWER_IS_BETTER = {"nll", "ppl", "bpb", "ece", "logloss", "loss", "loss_epoch"}
 
 
 def _figure(n_panels: int, panel_size: tuple[float, float] = (4.0, 3.4), max_cols: int = 3):

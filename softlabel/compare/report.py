@@ -203,7 +203,7 @@ def _differences_table(
         f"{settings.n_boot} draws of the seeds and the test examples (`stats.seed` "
         f"{settings.seed}); p: exact McNemar test (acc), paired permutation test (other "
         "metrics). **Bold**: the interval excludes 0; otherwise no detectable difference "
-        "at this size. Lower is better for nll, logloss and ece.\n",
+        "at this size. Lower is better for nll, ppl, bpb, logloss and ece.\n",
     ]
     header = ["method", "seeds", *names]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

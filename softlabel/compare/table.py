@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 # Metric names as logged by the training app (``test/<name>``), in display order.
-DEFAULT_METRICS = ("acc", "nll", "ece", "auroc", "logloss")
+DEFAULT_METRICS = ("acc", "nll", "ece", "auroc", "logloss", "bpb")
 ID_COLUMNS = ("role", "method", "seed", "status", "run_dir")
 
 
