@@ -61,13 +61,15 @@ def test_no_temperature_squared_and_pure_distillation_without_target():
     assert float(ours.detach()) <= 2.0
 
 
-def test_topk_reference_on_k_plus_one_buckets():
-    student = (torch.randn(5, 8, dtype=torch.float64) * 2).requires_grad_()
+@pytest.mark.parametrize("student_vocab", [8, 3])  # more and fewer ids than k = 4 buckets
+def test_topk_reference_on_k_plus_one_buckets(student_vocab):
+    student = (torch.randn(5, student_vocab, dtype=torch.float64) * 2).requires_grad_()
     teacher = torch.randn(5, 20, dtype=torch.float64) * 2  # the teacher's own vocabulary
     reference_topk = TopKLogits.from_logits(teacher, 4)
-    target = torch.randint(0, 8, (5,))
+    target = torch.randint(0, student_vocab, (5,))
     ours = uld_loss(student, target, reference_topk, temperature=1.0, alpha=0.5)
     p = torch.sort(F.softmax(student, -1), -1, descending=True).values
+    p = F.pad(p, (0, max(0, 5 - student_vocab)))  # zeros up to the k + 1 buckets
     q = torch.sort(F.softmax(teacher, -1), -1, descending=True).values
     soft = (p[:, :4] - q[:, :4]).abs().sum(-1) + (p[:, 4:].sum(-1) - q[:, 4:].sum(-1)).abs()
     ref = (0.5 * F.cross_entropy(student, target, reduction="none") + 0.5 * soft).mean()

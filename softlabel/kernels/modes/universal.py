@@ -76,11 +76,11 @@ def _sorted_l1_buckets(p: Tensor, teacher: TopKLogits, temperature: float) -> Te
     buckets = torch.cat([logprob, tail.unsqueeze(1)], dim=1).to(p.dtype)
     q = torch.softmax(buckets / temperature, dim=1)
     q_kept = q[:, :k].sort(dim=1, descending=True).values
-    p_sorted = p.sort(dim=1, descending=True).values
-    if p_sorted.shape[1] < k + 1:  # a student vocabulary smaller than the buckets
-        p_sorted = F.pad(p_sorted, (0, k + 1 - p_sorted.shape[1]))
-    head = (p_sorted[:, :k] - q_kept).abs().sum(dim=1)
-    return head + (p_sorted[:, k:].sum(dim=1) - q[:, k]).abs()
+    p_kept, p_rest = _largest(p, k)  # the student's k largest, the rest summed
+    if p_kept.shape[1] < k:  # a student vocabulary smaller than the buckets
+        p_kept = F.pad(p_kept, (0, k - p_kept.shape[1]))
+    head = (p_kept - q_kept).abs().sum(dim=1)
+    return head + (p_rest - q[:, k]).abs()
 
 
 def _kl(log_a: Tensor, log_b: Tensor) -> Tensor:
