@@ -33,14 +33,19 @@ from softlabel.train import CONF_DIR
 
 
 @torch.no_grad()
-def evaluate(model, aligner: TokenAligner, loader, byte_lengths) -> dict[str, float]:
-    """bpb and token counts of the teacher on its own tokens of the loader's blocks."""
+def evaluate(
+    model, aligner: TokenAligner, loader, byte_lengths, student_lengths
+) -> dict[str, float]:
+    """bpb and token counts of the teacher on its own tokens of the loader's blocks;
+    ``student_lengths``: the bytes of each data id, for the bytes the students score."""
     metrics = build_lm_metrics(aligner.teacher_vocab, IGNORE_INDEX, byte_lengths)
     student_bytes = 0
     teacher_tokens = 0
     for input_ids, labels, _ in loader:
         lengths = (labels != IGNORE_INDEX).sum(dim=1).numpy()
-        student_bytes += int((next_tokens(labels) != IGNORE_INDEX).sum())
+        scored = next_tokens(labels)
+        kept = scored[scored != IGNORE_INDEX]
+        student_bytes += int(student_lengths[kept].sum())
         alignment = aligner.align(input_ids.numpy(), lengths)
         blocks = [alignment.block(b) for b in range(len(lengths))]
         width = max(len(b) for b in blocks)
@@ -74,13 +79,15 @@ def main(out: str, model_path: str, overrides: list[str]) -> None:
     byte_lengths = token_byte_lengths(tokenizer)
     if byte_lengths is None:
         raise SystemExit(f"{model_path}: its tokenizer's ids do not spell their text")
+    student_lengths = token_byte_lengths(datamodule.text_tokenizer)
+    assert student_lengths is not None  # the aligner has checked that its ids spell the text
     model = hf_causal_lm(pretrained=model_path).eval()
     record: dict[str, object] = {"model": model_path, "data": datamodule.name}
     for split, loader in (
         ("val", datamodule.val_dataloader()),
         ("test", datamodule.test_dataloader()),
     ):
-        values = evaluate(model, aligner, loader, byte_lengths)
+        values = evaluate(model, aligner, loader, byte_lengths, student_lengths)
         record.update({f"{split}/{k}": v for k, v in values.items()})
     record["wall_time_s"] = round(time.perf_counter() - start[0], 1)
     record["cpu_time_s"] = round(time.process_time() - start[1], 1)
