@@ -172,7 +172,11 @@ def check_config(
         overlays=overlays,
         new_options={p for p in new_options if not _has(reference, p)},
         added=added,
-        variables=set(_references(user)),
+        # what the files refer to, also where the command line removed the reference
+        variables={
+            *_references(user),
+            *(key for _, placed in overlays for key in _references(placed)),
+        },
         choices=dict(cfg.hydra.runtime.choices),
         entries={k: frozenset(v) for k, v in (entries or {}).items()},
     )

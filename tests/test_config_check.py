@@ -262,3 +262,20 @@ def test_the_command_a_user_types_prints_the_refusal_and_writes_nothing(tmp_path
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "recipe.yaml: unknown key `job` (did you mean `jobs`?)" in done.stderr
     assert list(work.iterdir()) == []
+
+
+def test_a_recipe_value_used_only_by_a_method_removed_on_the_command_line_is_kept(tmp_path):
+    """``cache: ???`` used only as ``${cache}`` by the method ``kd``: removing that method with
+    ``~methods.kd`` leaves ``cache`` a value the recipe defines for itself, not a typo."""
+    configs = tmp_path / "configs"
+    _write(
+        configs / "recipe.yaml",
+        "defaults:\n  - compare/base\n  - _self_\nname: own\ncache: ???\n"
+        "base: [data=digits]\nmethods:\n  hard: [target=hard]\n"
+        "  kd: [target=kd, teacher=cached, 'teacher.cache=${cache}']\n",
+    )
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        searchpath = f"hydra.searchpath=[file://{CONF_DIR}]"
+        for overrides in ([searchpath, "cache=/c"], [searchpath, "~methods.kd"]):
+            cfg = compose("recipe", overrides, return_hydra_config=True)
+            check_config(cfg, "compare/base", entries={"methods": ("overrides",)})
