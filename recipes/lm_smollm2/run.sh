@@ -6,7 +6,9 @@
 # (its top-32 cache with the tail), seed0 | seed1 | seed2 (every student of one seed),
 # table (aggregate), warm0 | warm1 | warm2 (warm.yaml: students warm-started from the
 # hard-label run of that seed), warm_table, generation (students scored on the text they
-# generate), or all (default). Each part takes at most about 20 minutes on 2 cores; parts
+# generate), or all (default); further arguments are softlabel-compare overrides of the
+# seed, table and warm parts (e.g. '~methods.kd_live' leaves a method out). Each part
+# takes at most about 20 minutes on 2 cores; parts
 # already done are skipped (a teacher.json, a cache manifest, a run's metrics.json, a row
 # of generation.csv).
 set -euo pipefail
@@ -14,6 +16,8 @@ OUT=${OUT:-compare/lm_smollm2}
 PYTHON=${PYTHON:-python}
 HERE=$(cd "$(dirname "$0")" && pwd)
 PART=${1:-all}
+shift || true
+EXTRA=("$@")  # further softlabel-compare overrides of the seed, table and warm parts
 TEACHER=$("$PYTHON" "$HERE/teacher_path.py")
 DATA=(data=text "data.tokenizer=$TEACHER" data.max_bytes=200000 data.block_size=128
       data.val_fraction=0.15 data.test_fraction=0.15 data.batch_size=4)
@@ -24,12 +28,12 @@ export OMP_NUM_THREADS=2
 part() { [ "$PART" = all ] || [ "$PART" = "$1" ]; }
 compare() {  # compare [OVERRIDES...]
   "$PYTHON" -m softlabel.compare.cli --config-dir "$HERE" --config-name recipe out="$OUT" \
-    "teacher_gguf=$TEACHER" "cache=$OUT/caches/top32" progress=false "$@"
+    "teacher_gguf=$TEACHER" "cache=$OUT/caches/top32" progress=false "$@" ${EXTRA[@]+"${EXTRA[@]}"}
 }
 compare_warm() {  # compare_warm [OVERRIDES...]
   "$PYTHON" -m softlabel.compare.cli --config-dir "$HERE" --config-name warm out="$OUT/warm" \
     "teacher_gguf=$TEACHER" "cache=$OUT/caches/top32" "warm_from=$OUT/runs/hard" \
-    progress=false "$@"
+    progress=false "$@" ${EXTRA[@]+"${EXTRA[@]}"}
 }
 if part teacher && [ ! -f "$OUT/teacher.json" ]; then
   "$PYTHON" "$HERE/teacher_eval.py" "$OUT/teacher.json" "$TEACHER" "${DATA[@]}" threads=2
