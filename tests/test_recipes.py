@@ -76,3 +76,17 @@ def test_soft_label_sources_runs_the_papers_settings(tmp_path):
     for epoch, factor in ((1, 0.5), (2, 1.0), (20, 1.0)):
         dkd.set_progress((epoch - 1) / 20)
         assert dkd.alpha == pytest.approx(factor) and dkd.beta == pytest.approx(8 * factor)
+
+
+def test_lm_smollm2_warm_starts_each_seed_from_its_hard_run(tmp_path):
+    """warm.yaml: seed s starts from recipe.yaml's hard-label student of seed s, and every
+    method trains one more epoch at the recipe's settings."""
+    path = RECIPES / "lm_smollm2" / "warm.yaml"
+    plan = plan_from_config(_recipe(path, tmp_path))
+    assert {m.name for m in plan.methods} == {"hard", "kd", "kd_skew_reverse", "on_policy"}
+    for method in plan.methods:
+        for seed in plan.seeds:
+            cfg = _train_cfg(plan.method_overrides(method, seed), path.parent)
+            want = tmp_path / "warm_from" / f"seed{seed}" / "hf_model"
+            assert cfg.student.pretrained == str(want), (method.name, seed)
+            assert cfg.trainer.limit_train_batches == 64 and cfg.optimizer.lr == 0.003
