@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from softlabel._conf import CONF_DIR
+from softlabel._hydra_app import hydra_app
 
 __all__ = ["CONF_DIR", "build_cache", "main"]
 
@@ -27,8 +27,9 @@ def _required(cfg: DictConfig, key: str, hint: str) -> Any:
     return cfg[key]
 
 
-def _check_options(cfg: DictConfig) -> None:
-    """Fail on bad options before the data and the teacher are loaded."""
+def _check_options(cfg: DictConfig) -> int | None:
+    """Fail on bad options before the data and the teacher are loaded; returns ``threads``."""
+    from softlabel._threads import check_threads
     from softlabel.cache.format import KINDS, VALUE_DTYPES
 
     if cfg.kind not in KINDS:
@@ -39,6 +40,7 @@ def _check_options(cfg: DictConfig) -> None:
         raise ValueError(f"k={cfg.k!r} must be a positive integer for kind=topk")
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise ValueError(f"batch_size={cfg.batch_size!r} must be a positive integer")
+    return check_threads(cfg)
 
 
 def _check_teacher(cfg: DictConfig) -> None:
@@ -62,7 +64,7 @@ def build_cache(cfg: DictConfig) -> Path:
     block (dense), or the top-k ids, their log-probabilities and the log tail mass."""
     _check_teacher(cfg)
     out = _required(cfg, "out", "give out=DIR, the cache directory to write")
-    _check_options(cfg)
+    threads = _check_options(cfg)
 
     import torch
 
@@ -72,8 +74,11 @@ def build_cache(cfg: DictConfig) -> Path:
         build_reference_provider,
         is_causal_lm,
     )
+    from softlabel.modules.cross_tokenizer import has_other_vocabulary
     from softlabel.modules.frozen import output_rows
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     out_path = Path(absolute_path(out))
     datamodule = build_datamodule(cfg)
     lm = is_causal_lm(datamodule)
@@ -85,23 +90,43 @@ def build_cache(cfg: DictConfig) -> Path:
     assert provider is not None
     teacher = provider.model
     device = torch.device(cfg.device)
-    teacher.to(device).eval()
+    provider.to(device).eval()
 
     recorded = OmegaConf.to_container(cfg.teacher, resolve=True)
     assert isinstance(recorded, dict)
-    for key in ("checkpoint", "pretrained"):  # made absolute
+    for key in ("checkpoint", "pretrained", "tokenizer"):  # made absolute
         if f"teacher_{key}" in record:
             recorded[key] = record[f"teacher_{key}"]
+    alignment = None
+    num_classes, teacher_rows = int(datamodule.num_classes), None
+    if has_other_vocabulary(provider):  # rows of the teacher's vocabulary at the data's positions
+        student_fp, teacher_fp = provider.aligner.identities
+        alignment = {
+            "student_tokenizer": student_fp,
+            "teacher_tokenizer": teacher_fp,
+            "data.tokenizer": str(cfg.data.get("tokenizer") or "null"),
+            "teacher.tokenizer": record["teacher_tokenizer"],
+            **{k: record["teacher_alignment"][k] for k in ("scored", "aligned")},
+        }
+        num_classes = output_rows(teacher)  # rows of the teacher's own vocabulary
+    elif lm:  # a padded teacher vocabulary: its first data-vocabulary logits, as the live path
+        from softlabel.models.hf import check_vocabularies
+
+        teacher_rows = output_rows(teacher)
+        vocab = int(datamodule.vocab_size)
+        num_classes = check_vocabularies(vocab, teacher_rows, vocab)
     return _write(
         cfg,
         out_path,
         datamodule,
-        teacher,
+        provider,
         device,
-        output_rows(teacher) if lm else int(datamodule.num_classes),
+        num_classes,
         record["teacher_sha256"],
         recorded,
         row_shape=tuple(datamodule.input_shape) if lm else (),
+        alignment=alignment,
+        teacher_classes=teacher_rows,
     )
 
 
@@ -109,15 +134,19 @@ def _write(
     cfg: DictConfig,
     out_path: Path,
     datamodule: Any,
-    teacher: Any,
+    provider: Any,
     device: Any,
     num_classes: int,
     teacher_sha256: str,
     recorded: dict[str, Any],
     row_shape: tuple[int, ...] = (),
+    alignment: dict[str, Any] | None = None,
+    teacher_classes: int | None = None,
 ) -> Path:
-    """Run ``teacher`` over every item of ``datamodule.full_dataset()`` (in index order)
-    and commit its outputs as the cache at ``out_path``."""
+    """Run the teacher ``provider`` over every item of ``datamodule.full_dataset()`` (in
+    index order) and commit its outputs as the cache at ``out_path`` (with ``alignment``:
+    a teacher with another tokenizer, its rows at the data's positions and where it has
+    them)."""
     import torch
     from rich.progress import track
     from torch.utils.data import DataLoader
@@ -140,23 +169,32 @@ def _write(
         inputs_fingerprint=inputs_fingerprint(datamodule),
         overwrite=bool(cfg.overwrite),
         row_shape=row_shape,
+        alignment=alignment,
+        teacher_classes=teacher_classes,
     ) as writer:
         batches = track(
             loader, total=len(loader), description="teacher logits", disable=not cfg.progress
         )
         with torch.inference_mode():
             for x, _, index in batches:
-                writer.write(index, teacher(x.to(device)).float().cpu())
+                x = x.to(device)
+                logits = provider(x, index.to(device)).float().cpu()
+                aligned = None if alignment is None else provider.aligned(x, index).cpu()
+                writer.write(index, logits, aligned)
         return writer.commit()
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="cache")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point: write the cache and print what was written."""
+def _job(cfg: DictConfig) -> None:
+    """The Hydra task: write the cache and print what was written."""
     from softlabel.cache.reader import TeacherCache
 
     cache = TeacherCache.open(build_cache(cfg))
     print(f"wrote {cache!r}: {cache.nbytes} bytes")
+
+
+main = hydra_app(_job, config_name="cache")
+"""Console entry point ``softlabel-cache``: the config checked (unknown keys refused), then
+the Hydra app (conf/cache.yaml)."""
 
 
 if __name__ == "__main__":

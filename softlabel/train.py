@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
 from softlabel._conf import CONF_DIR
+from softlabel._hydra_app import hydra_app
 
 __all__ = ["CONF_DIR", "main", "train"]
 
@@ -44,15 +44,19 @@ def _route_lightning_logs_to_hydra() -> None:
             lightning_logger.removeHandler(handler)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the best checkpoint's validation monitor (for sweepers)."""
+def _job(cfg: DictConfig) -> float | None:
+    """The Hydra task: returns the best checkpoint's validation monitor (for sweepers)."""
     from hydra.core.hydra_config import HydraConfig
 
     _route_lightning_logs_to_hydra()
     result = train(cfg, HydraConfig.get().runtime.output_dir)
     value = (result.get("best") or {}).get(result.get("monitor", ""))
     return float(value) if value is not None else None
+
+
+main = hydra_app(_job, config_name="train")
+"""Console entry point ``softlabel-train``: the config checked (unknown keys refused), then
+the Hydra app (conf/train.yaml)."""
 
 
 if __name__ == "__main__":

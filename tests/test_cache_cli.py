@@ -88,6 +88,7 @@ def test_topk_cache_keeps_the_teacher_top_classes(tmp_path, digits_setup):
             ValueError,
             "kind='sparse' is not allowed",
         ),
+        (["teacher.checkpoint=t.pt", "out=x", "threads=0"], ValueError, r"threads=0; allowed"),
     ],
 )
 def test_cli_refuses_bad_configs_before_running_the_teacher(overrides, error, message):

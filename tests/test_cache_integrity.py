@@ -211,3 +211,41 @@ def test_verify_option_is_checked_and_comes_from_the_teacher_config(tmp_path):
     datamodule = build_datamodule(cfg)
     with pytest.raises(ValueError, match=r"verify='sometimes' is not allowed"):
         build_reference_provider(cfg, "teacher_logits", datamodule)
+
+
+def test_array_symlinked_out_of_the_cache_is_refused(tmp_path):
+    """Same bytes, so every hash matches: only the manifest rule refuses it."""
+    path = _write(tmp_path / "c")
+    outside = tmp_path / "elsewhere.npy"
+    (path / "logits.npy").rename(outside)
+    (path / "logits.npy").symlink_to(outside)
+    with pytest.raises(
+        ValueError,
+        match=r"manifest '.*manifest.json': files entry 'logits.npy' resolves to .*outside",
+    ):
+        TeacherCache.open(path, verify="full")
+    (path / "logits.npy").unlink()
+    outside.rename(path / "logits.npy")
+    (tmp_path / "link").symlink_to(path)  # the cache directory itself may be a link
+    assert len(TeacherCache.open(tmp_path / "link", verify="full")) == NUM_SAMPLES
+
+
+@pytest.mark.parametrize(
+    ("names", "match"),
+    [
+        (["../d/logits.npy"], r"files entry '\.\./d/logits\.npy' has a '\.', '\.\.'"),
+        ([], r"not listed \(would be read unchecked\) \['logits.npy'\]"),
+        (["logits.npy", "notes.txt"], r"listed but never read \['notes.txt'\]"),
+    ],
+)
+def test_manifest_files_follow_the_shared_rule(tmp_path, names, match):
+    """Each listed name is checked (another cache's file, ``d/logits.npy``, is as valid as
+    this one's), every array read is listed, and nothing else."""
+    path = _write(tmp_path / "c")
+    _write(tmp_path / "d")
+    manifest = json.loads((path / "manifest.json").read_text())
+    entry = manifest["files"]["logits.npy"]
+    manifest["files"] = {name: entry for name in names}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=f"manifest of teacher cache '.*c': .*{match}"):
+        TeacherCache.open(path)

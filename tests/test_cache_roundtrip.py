@@ -150,7 +150,9 @@ def test_streamed_writes_in_any_order_and_manifest_fields(tmp_path, logits):
     got = np.load(tmp_path / "c" / "topk_logprob.npy")
     np.testing.assert_allclose(got, top.values.numpy(), rtol=1e-6)
     np.testing.assert_array_equal(np.load(tmp_path / "c" / "topk_index.npy"), top.indices.numpy())
-    exact_tail = np.log(1.0 - np.exp(top.values.double().logsumexp(-1).numpy()))
+    # float64 from the logits: log(1 - exp(logsumexp(top))) of the float32 top-k values
+    # loses up to ~1e-5 relative, more than the masked log-sum-exp under test
+    _, _, exact_tail = exact_reference(logits.numpy(), 4)
     got_tail = np.load(tmp_path / "c" / "topk_tail.npy")
     np.testing.assert_allclose(got_tail, exact_tail, rtol=1e-5)
     copy = pickle.loads(pickle.dumps(cache))
@@ -311,3 +313,28 @@ def test_lookup_tail_option_is_checked(tmp_path, logits):
     dense = write_cache(tmp_path / "d", logits, kind="dense", fingerprint="f", teacher_sha256="h")
     got = TeacherCache.open(dense, tail="bucket").lookup(torch.tensor([0]))
     assert isinstance(got, torch.Tensor) and got.shape == (1, NUM_CLASSES)  # dense ignores it
+
+
+def test_writer_keeps_the_first_classes_of_a_padded_teacher(tmp_path, logits):
+    """teacher_classes=K + 3: the first K logits are stored, top-k renormalised over them."""
+    padded = torch.cat([logits, torch.full((NUM_SAMPLES, 3), 5.0)], dim=-1)
+    common = {"num_samples": NUM_SAMPLES, "num_classes": NUM_CLASSES, "fingerprint": "f"}
+    with CacheWriter(
+        tmp_path / "c", kind="topk", k=3, dtype="float32", teacher_sha256="h",
+        teacher_classes=NUM_CLASSES + 3, **common,
+    ) as writer:  # fmt: skip
+        with pytest.raises(ValueError, match=r"teacher_classes\) = \(2, 15\)"):
+            writer.write(torch.arange(2), logits[:2])
+        writer.write(torch.arange(NUM_SAMPLES), padded)
+        writer.commit()
+    got = TeacherCache.open(tmp_path / "c").lookup(torch.arange(NUM_SAMPLES))
+    kept, logprob, tail = exact_reference(logits.numpy(), 3)
+    np.testing.assert_array_equal(got.index.numpy(), kept)
+    np.testing.assert_allclose(got.logprob.numpy(), logprob, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.tail.numpy(), tail, rtol=1e-5)
+    assert TeacherCache.open(tmp_path / "c").manifest.teacher_config == {"teacher_output_rows": 15}
+    with pytest.raises(
+        ValueError, match=r"teacher_classes=11 must be an integer >= num_classes=12"
+    ):
+        CacheWriter(tmp_path / "d", kind="dense", teacher_sha256="h", teacher_classes=11, **common)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]

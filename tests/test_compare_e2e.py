@@ -51,8 +51,16 @@ def test_tiny_comparison_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     (tmp_path / "tiny.yaml").write_text(CONFIG.format(out=out))
     result = compare(tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("results.csv", "summary.md", "plots/metrics.png", "plots/curves.png"):
+    # a run failed: everything is written, the status is 1 and the last line says why
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: 2 of 6 runs failed; see ")
+    for name in (
+        "results.csv",
+        "differences.csv",
+        "summary.md",
+        "plots/metrics.png",
+        "plots/curves.png",
+    ):
         assert (out / name).is_file(), name
     table = pd.read_csv(out / "results.csv")
     assert set(table["method"]) == {"hard", "ls", "broken"}
@@ -64,6 +72,8 @@ def test_tiny_comparison_end_to_end(tmp_path: Path) -> None:
     summary = (out / "summary.md").read_text()
     assert "| `hard` | 2 |" in summary and "| `ls` | 2 |" in summary
     assert "### `broken`, seed 0" in summary and "1.5" in summary.split("## Failed runs")[1]
+    assert "## Differences vs `hard`" in summary
+    assert set(pd.read_csv(out / "differences.csv")["method"]) == {"ls"}
     has_predictions = any(out.glob("runs/*/seed*/predictions_test.npz"))
     assert (out / "plots" / "reliability.png").is_file() == has_predictions
     # again without the broken method: every finished run is skipped

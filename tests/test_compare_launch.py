@@ -187,3 +187,35 @@ def test_bad_jobs_is_refused(tmp_path: Path, fake_train: list[str], jobs) -> Non
     with pytest.raises(ValueError, match=r"jobs must be an int >= 1, got"):
         run(tmp_path, fake_train, jobs=jobs)
     assert calls(tmp_path) == []
+
+
+def test_the_command_exits_non_zero_when_a_run_failed(
+    tmp_path: Path, fake_train: list[str]
+) -> None:
+    """Regression (issue 23): softlabel-compare exited 0 when some of its runs had failed."""
+    import os
+    import subprocess
+
+    (tmp_path / "t.yaml").write_text(
+        "defaults: [compare/base, _self_]\n"
+        f"out: {tmp_path / 'cmp'}\n"
+        "seeds: [0, 1]\n"
+        f"train_command: [{', '.join(fake_train)}]\n"
+        "methods: {hard: ['+acc=0.9'], broken: ['+crash_seed=1']}\n"
+        "stats: {n_boot: 50}\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [sys.executable, "-m", "softlabel.compare.cli", "--config-dir", str(tmp_path)]
+    command += ["--config-name", "t", "progress=false"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    summary = tmp_path / "cmp" / "summary.md"
+    assert result.stderr.strip().splitlines()[-1] == f"error: 1 of 4 runs failed; see {summary}"
+    assert summary.is_file() and (tmp_path / "cmp" / "differences.csv").is_file()
+    # without the failing method: status 0
+    again = subprocess.run([*command, "~methods.broken"], capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]

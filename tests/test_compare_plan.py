@@ -108,7 +108,19 @@ def test_explicit_teacher_previous_and_opt_out(tmp_path: Path) -> None:
             ValueError,
             "'nope' is not a pretrained",
         ),
-        ({"methods": {"kd": {"overrides": [], "bogus": 1}}}, ValueError, "unknown keys"),
+        (
+            {"methods": {"kd": {"overrides": [], "bogus": 1}}},
+            ValueError,
+            "unknown key `methods.kd.bogus`; allowed keys under `methods.kd`: overrides, "
+            "previous, teacher",
+        ),
+        (
+            {"methods": {"kd": {"overides": []}}},
+            ValueError,
+            r"`methods.kd.overides` \(did you mean `overrides`\?\)",
+        ),
+        ({"threads": 0}, ValueError, r"threads=0; allowed: null"),
+        ({"threads": 2, "extra": ["threads=1"]}, ValueError, "set the training runs' threads once"),
         ({"methods": {"teacher": ["target=hard"]}}, ValueError, "both a method and a pretrained"),
         ({"launch": "parallel"}, ValueError, "launch must be one of"),
         ({"out": ""}, ValueError, "out must name"),
@@ -118,6 +130,12 @@ def test_explicit_teacher_previous_and_opt_out(tmp_path: Path) -> None:
 def test_bad_config_raises(tmp_path: Path, changes: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         plan_from_config(config(tmp_path, **changes))
+
+
+def test_threads_reach_every_training_run(tmp_path: Path) -> None:
+    plan = plan_from_config(config(tmp_path, threads=1))
+    assert all("threads=1" in job.argv for job in plan.jobs())
+    assert not any("threads=1" in job.argv for job in plan_from_config(config(tmp_path)).jobs())
 
 
 def test_paths_with_special_characters_are_quoted(tmp_path: Path) -> None:
@@ -141,7 +159,11 @@ def test_a_pretrained_entry_can_hand_over_its_last_epoch(tmp_path: Path) -> None
             {"pretrained": {"teacher": {"overrides": [], "checkpoint": "final"}}},
             "checkpoint.*final",
         ),
-        ({"pretrained": {"teacher": {"overrides": [], "epochs": 3}}}, "unknown keys.*epochs"),
+        (
+            {"pretrained": {"teacher": {"overrides": [], "epochs": 3}}},
+            "unknown key `pretrained.teacher.epochs`; allowed keys under `pretrained.teacher`: "
+            "checkpoint, overrides, seed",
+        ),
         ({"headline": "test"}, r"headline must be one of \['best', 'last'\]"),
     ],
 )

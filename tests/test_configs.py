@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from softlabel._config_check import check_config
 from softlabel.train import CONF_DIR
 
 GROUPS = (
@@ -227,11 +228,11 @@ def test_callback_configs(option, tmp_path):
 
 @pytest.mark.parametrize("option", _options("experiment"))
 def test_experiment_configs(option):
-    cfg = (
-        _compose(f"experiment={option}", "teacher.checkpoint=x.ckpt")
-        if "kd" in option
-        else _compose(f"experiment={option}")
-    )
+    overrides = [f"experiment={option}", *(["teacher.checkpoint=x.ckpt"] if "kd" in option else [])]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        # every key an experiment sets is one of softlabel-train's (no unknown key)
+        check_config(compose("train", overrides=overrides, return_hydra_config=True), "train")
+    cfg = _compose(*overrides)
     OmegaConf.resolve(cfg)
     names = ("hard", "ls", "ls_prior", "kd", "reloop", "dkd", "kd_std")
     assert instantiate(cfg.target).name in names

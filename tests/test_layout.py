@@ -18,6 +18,7 @@ LAYERS = (
         "softlabel._io",
         "softlabel._conf",
         "softlabel._hf_files",
+        "softlabel._threads",
         "softlabel.schedules",
         "softlabel.kernels",
     ),
@@ -27,6 +28,7 @@ LAYERS = (
     ("softlabel.linear_loss",),
     ("softlabel.data", "softlabel.models", "softlabel.cache"),
     ("softlabel.modules",),
+    ("softlabel._config_check", "softlabel._hydra_app"),  # the apps' entry point
     APPS,
 )
 

@@ -412,3 +412,105 @@ def test_cache_of_a_bfloat16_teacher_from_a_checkpoint(corpus, trained, tmp_path
         teacher_run / "checkpoints" / "last.ckpt"
     )
     assert torch.isfinite(cache.lookup(torch.tensor([0, 1]))).all()
+
+
+@pytest.mark.parametrize("kind", ["topk", "dense"])
+def test_cache_of_a_padded_vocabulary_teacher_holds_what_the_live_path_sees(corpus, tmp_path, kind):
+    """A teacher with 320 output rows for 258 token ids: the cache keeps the first 258
+    logits, softmax renormalised over them, as the live teacher path does."""
+    from softlabel.cache import TeacherCache
+    from softlabel.cache_cli import build_cache
+    from softlabel.models.hf import check_vocabularies
+    from softlabel.modules.build import build_datamodule
+    from softlabel.modules.frozen import frozen_model
+
+    teacher_dir = _hf_dir(tmp_path, 320)
+    cfg = _compose_cache(
+        *lm_args(corpus, tmp_path)[:6],
+        "teacher=hf_causal_lm",
+        f"teacher.pretrained={teacher_dir}",
+        f"out={tmp_path / 'cache'}",
+        f"kind={kind}",
+        "k=5",
+        "progress=false",
+    )
+    cache = TeacherCache.open(build_cache(cfg))
+    assert cache.num_classes == 258
+    assert cache.manifest.teacher_config["teacher_output_rows"] == 320
+    datamodule = build_datamodule(cfg)
+    dataset = datamodule.full_dataset()
+    index = torch.tensor([0, 3, len(dataset) - 1])
+    ids = torch.stack([dataset[int(i)][0] for i in index])
+    live, _ = frozen_model("teacher", datamodule, pretrained=str(teacher_dir))
+    used = check_vocabularies(258, live.vocab_size, 258)  # what the live path's loss uses
+    with torch.no_grad():
+        logits = live.eval()(ids)
+    assert logits.shape[-1] == 320 and used == 258
+    logp = torch.log_softmax(logits[..., :used].double(), -1)  # renormalised over 258 ids
+    got = cache.lookup(index)
+    if kind == "dense":
+        cached = torch.log_softmax(got.double(), -1)
+        torch.testing.assert_close(cached, logp, atol=2e-3, rtol=0)  # fp16 logits
+    else:
+        top = logp.topk(5, -1)
+        torch.testing.assert_close(got.index, top.indices)
+        torch.testing.assert_close(got.logprob.double(), top.values, atol=2e-3, rtol=1e-3)
+        rest = logp.scatter(-1, top.indices, float("-inf")).logsumexp(-1)
+        torch.testing.assert_close(got.tail.double(), rest, atol=2e-3, rtol=1e-3)
+        metrics = run(
+            corpus,
+            tmp_path / "run",
+            "target=kd",
+            "teacher=cached",
+            f"teacher.cache={tmp_path / 'cache'}",
+        )
+        assert metrics["global_step"] == 3
+
+
+def test_seed_sets_the_student_init_and_the_batch_order_with_a_cached_teacher(
+    corpus, trained, tmp_path, monkeypatch
+):
+    """The run's seed, not the cache, decides the student's initial weights (optimizer.lr=0
+    keeps them: hf_model/ holds the initialisation) and the order of the training blocks
+    (the indices the cached teacher is asked for)."""
+    from safetensors.torch import load_file
+
+    from softlabel.cache import TeacherCache
+    from softlabel.cache_cli import build_cache
+
+    teacher_run, _ = trained
+    cfg = _compose_cache(
+        *lm_args(corpus, tmp_path)[:6],
+        "teacher=hf_causal_lm",
+        f"teacher.pretrained={teacher_run / 'hf_model'}",
+        f"out={tmp_path / 'cache'}",
+        "kind=dense",
+        "progress=false",
+    )
+    build_cache(cfg)
+    asked: list[list[int]] = []
+    lookup = TeacherCache.lookup
+
+    def spy(self, index):
+        asked[-1] += index.tolist()
+        return lookup(self, index)
+
+    monkeypatch.setattr(TeacherCache, "lookup", spy)
+    weights = []
+    for i, seed in enumerate((0, 1, 0)):
+        asked.append([])
+        run(
+            corpus,
+            tmp_path / f"run{i}",
+            "target=kd",
+            "teacher=cached",
+            f"teacher.cache={tmp_path / 'cache'}",
+            f"seed={seed}",
+            "optimizer.lr=0",
+            "trainer.limit_train_batches=2",
+        )
+        weights.append(load_file(tmp_path / f"run{i}" / "hf_model" / "model.safetensors"))
+    assert len(asked[0]) == 8 and asked[0] == asked[2] and asked[0] != asked[1]
+    name = "transformer.h.0.attn.c_attn.weight"
+    assert torch.equal(weights[0][name], weights[2][name])
+    assert not torch.allclose(weights[0][name], weights[1][name])

@@ -42,7 +42,7 @@ def no_training(monkeypatch):
             ["versions=5", "loop.stream.num_chunks=3"],
             r"versions=5; allowed: an integer from 2 to 3, since the stream has 3 chunks",
         ),
-        (["versions=2", "num_threads=-1"], r"num_threads=-1; allowed: null .* or an integer >= 1"),
+        (["versions=2", "threads=-1"], r"threads=-1; allowed: null .* or an integer >= 1"),
     ],
 )
 def test_bad_loop_arguments_are_refused_before_training(tmp_path, no_training, overrides, message):

@@ -1,6 +1,7 @@
 """The prediction store: round trip, append-only, atomic writes, stale-manifest refusal, log import."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -153,3 +154,78 @@ def test_import_multiclass_log(tmp_path):
     store = PredictionStore(tmp_path / "s")
     assert store.import_log(path, "id", ["p0", "p1"], 1, checkpoint_sha256="m").num_classes == 2
     np.testing.assert_allclose(store.read(1).lookup([2]), [[0.9, 0.1]])
+
+
+def _edit_manifest(store, version, edit):
+    path = store.path(version) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    return manifest
+
+
+def test_empty_files_map_is_refused_and_a_replaced_array_never_served(tmp_path):
+    """``files: {}`` used to skip every hash check: a replaced probs.npy was served."""
+    store = PredictionStore(tmp_path)
+    _write(store, 1)
+    _edit_manifest(store, 1, lambda m: m.update(files={}))
+    np.save(tmp_path / "v0001" / "probs.npy", np.array([0.9, 0.9, 0.9], dtype=np.float32))
+    with pytest.raises(ValueError, match=r"manifest.json'.*not listed.*\['ids.npy', 'probs.npy'\]"):
+        store.read(1)
+
+
+def test_partial_files_map_is_refused(tmp_path):
+    store = PredictionStore(tmp_path)
+    _write(store, 1)
+    _edit_manifest(store, 1, lambda m: m["files"].pop("probs.npy"))
+    with pytest.raises(ValueError, match=r"not listed \(would be read unchecked\) \['probs.npy'\]"):
+        store.read(1)
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("../../outside/file.bin", r"has a '\.', '\.\.' or empty component"),
+        ("/etc/hostname", "is an absolute path"),
+        ("./probs.npy", r"has a '\.', '\.\.' or empty component"),
+        ("sub\\probs.npy", "contains a backslash"),
+    ],
+)
+def test_file_names_outside_the_version_are_refused(tmp_path, name, problem):
+    """A manifest naming ``../../somewhere/file.bin`` used to read, hash and accept it."""
+    store = PredictionStore(tmp_path / "store")
+    _write(store, 1)
+    outside = tmp_path / "outside" / "file.bin"
+    outside.parent.mkdir()
+    outside.write_bytes(b"secret")
+    digest = store_module._sha256(outside)
+    _edit_manifest(
+        store, 1, lambda m: m["files"].update({name: {"shape": [], "dtype": "", "sha256": digest}})
+    )
+    with pytest.raises(ValueError, match=f"files entry {re.escape(repr(name))} {problem}"):
+        store.read(1)
+
+
+def test_symlink_leading_out_of_the_version_is_refused(tmp_path):
+    store = PredictionStore(tmp_path / "store")
+    _write(store, 1)
+    probs = store.path(1) / "probs.npy"
+    outside = tmp_path / "elsewhere.npy"
+    probs.rename(outside)  # same bytes, so the hash alone would accept it
+    probs.symlink_to(outside)
+    with pytest.raises(ValueError, match=r"files entry 'probs.npy' resolves to .*outside"):
+        store.read(1)
+    probs.unlink()
+    outside.rename(probs)
+    np.testing.assert_allclose(store.read(1).lookup([5]), [0.1], rtol=1e-6)
+
+
+def test_files_entry_without_a_hash_is_refused(tmp_path):
+    store = PredictionStore(tmp_path)
+    _write(store, 1)
+    _edit_manifest(store, 1, lambda m: m["files"]["ids.npy"].update(sha256=""))
+    with pytest.raises(ValueError, match="files entry 'ids.npy' must hold exactly"):
+        store.read(1)
+    _edit_manifest(store, 1, lambda m: m.update(files={"ids.npy": {}, "probs.npy": {}}, x=1))
+    with pytest.raises(ValueError, match="files entry 'ids.npy' must hold exactly"):
+        store.manifest(1)

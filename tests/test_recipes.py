@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from softlabel.compare.plan import plan_from_config
+from softlabel._config_check import check_config
+from softlabel.compare.plan import ENTRY_KEYS, plan_from_config
 from softlabel.targets import TargetSource
 from softlabel.train import CONF_DIR
 
@@ -29,6 +30,8 @@ def _recipe(path: Path, tmp_path: Path) -> dict:
     for key in re.findall(r"^(\w+): \?\?\?", path.read_text(), flags=re.MULTILINE):
         overrides.append(f"{key}={tmp_path / key}")
     with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
+        checked = compose(path.stem, overrides=overrides, return_hydra_config=True)
+        check_config(checked, "compare/base", entries=ENTRY_KEYS)  # softlabel-compare's keys
         cfg = compose(path.stem, overrides=overrides)
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)

@@ -7,10 +7,15 @@ A cache is a directory::
     topk_index.npy         top-k: (N, *row_shape, k) int16|int32 class ids, most probable first
     topk_logprob.npy       top-k: (N, *row_shape, k) float16|float32 log-probabilities at T = 1
     topk_tail.npy          top-k: (N, *row_shape) float16|float32 log of the remaining mass
+    aligned.npy            teacher of another tokenizer: (N, *row_shape) uint8, 1 where the
+                           position has a teacher counterpart (its row is the teacher's)
 
 Row ``i`` of every array holds the teacher's output for dataset index ``i``: one position
 (``row_shape = []``, e.g. an image) or several (``row_shape = [L]``, a block of L tokens).
-Version 2 (still read) had no ``row_shape`` and no ``topk_tail.npy``.
+Version 2 (still read) had no ``row_shape`` and no ``topk_tail.npy``. A cache of a teacher
+with another tokenizer than the data's (``alignment`` in the manifest: both tokenizers'
+fingerprints and the aligned share) holds rows of the teacher's vocabulary at the student's
+positions, and ``aligned.npy`` says which positions have one.
 
 The manifest records, per array file, its size, the SHA-256 of its ``.npy`` header and
 the SHA-256 of each block of ``block_rows`` rows (about :data:`BLOCK_BYTES` each), and a
@@ -30,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from softlabel._manifest import check_listed_files, listed_file_paths
+
 FORMAT_VERSION = 3
 #: versions this release reads: 2 (no row_shape, no stored tail: derived on read) and 3
 READABLE_VERSIONS = (2, 3)
@@ -38,6 +45,7 @@ DENSE_LOGITS = "logits.npy"
 TOPK_INDEX = "topk_index.npy"
 TOPK_LOGPROB = "topk_logprob.npy"
 TOPK_TAIL = "topk_tail.npy"
+ALIGNED = "aligned.npy"
 KINDS = ("dense", "topk")
 VALUE_DTYPES = ("float16", "float32")
 #: target size of a hashed block of rows: large enough that the hashes stay a small list,
@@ -45,6 +53,15 @@ VALUE_DTYPES = ("float16", "float32")
 BLOCK_BYTES = 64 << 20
 #: how a reader checks the arrays' bytes against the manifest's block hashes
 VERIFY_MODES = ("lazy", "full", "none")
+#: what the manifest's ``alignment`` records
+ALIGNMENT_FIELDS = (
+    "student_tokenizer",
+    "teacher_tokenizer",
+    "data.tokenizer",
+    "teacher.tokenizer",
+    "scored",
+    "aligned",
+)
 _FILE_FIELDS = {
     "size": int,
     "data_offset": int,
@@ -66,7 +83,10 @@ class Manifest:
     preprocessing (normalisation statistics of the train split) the teacher saw.
     ``cache_id`` is drawn at random when the cache is committed (a rewrite with the same
     content gets another); ``files`` maps each array file to its size, header hash and
-    per-block content hashes (see :func:`describe_array_file`).
+    per-block content hashes (see :func:`describe_array_file`). ``alignment`` (None: the
+    teacher uses the data's tokenizer) describes a teacher with another tokenizer:
+    ``student_tokenizer`` and ``teacher_tokenizer`` (fingerprints), how each was given
+    (``data.tokenizer``, ``teacher.tokenizer``), the ``scored`` and ``aligned`` positions.
     """
 
     kind: str
@@ -84,6 +104,7 @@ class Manifest:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     row_shape: list[int] = field(default_factory=list)
     bytes_per_token: int = 0
+    alignment: dict[str, Any] | None = None
     version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -94,6 +115,12 @@ class Manifest:
                 "use 'int16' or 'int32'"
             )
         object.__setattr__(self, "row_shape", check_row_shape(self.row_shape))
+        if self.alignment is not None:
+            fields = set(self.alignment) if isinstance(self.alignment, dict) else set()
+            if set(ALIGNMENT_FIELDS) - fields:
+                raise ValueError(
+                    f"alignment={self.alignment!r} must be a mapping with {sorted(ALIGNMENT_FIELDS)}"
+                )
         if self.version < 3 and self.row_shape:
             raise ValueError(
                 f"row_shape={self.row_shape} needs format version 3, the manifest says "
@@ -125,13 +152,19 @@ class Manifest:
         """File name -> (shape, dtype) of every array this cache must hold."""
         rows = (self.num_samples, *self.row_shape)
         if self.kind == "dense":
-            return {DENSE_LOGITS: ((*rows, self.num_classes), self.dtype)}
+            return {
+                DENSE_LOGITS: ((*rows, self.num_classes), self.dtype),
+                **self._aligned_spec(rows),
+            }
         assert self.k is not None and self.index_dtype is not None
         shape = (*rows, self.k)
         specs = {TOPK_INDEX: (shape, self.index_dtype), TOPK_LOGPROB: (shape, self.dtype)}
         if self.has_tail:
             specs[TOPK_TAIL] = (rows, self.dtype)
-        return specs
+        return {**specs, **self._aligned_spec(rows)}
+
+    def _aligned_spec(self, rows: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {} if self.alignment is None else {ALIGNED: (rows, "uint8")}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -178,19 +211,14 @@ class Manifest:
 
     def check_files(self, *, source: str) -> None:
         """Raise ValueError unless ``cache_id`` and ``files`` describe every array of a
-        committed cache (one entry per file, each with a hash per block of rows)."""
+        committed cache: exactly one entry per array file (the rule of
+        :mod:`softlabel._manifest`), each with a hash per block of rows."""
+        specs = self.array_specs()
+        check_listed_files(self.files, specs, manifest=f"of teacher cache {source}")
         problems = []
         if not isinstance(self.cache_id, str) or not self.cache_id:
             problems.append(f"cache_id={self.cache_id!r} is not a non-empty string")
-        specs = self.array_specs()
-        files = self.files if isinstance(self.files, dict) else {}
-        if sorted(files) != sorted(specs):
-            problems.append(
-                f"files lists {sorted(files)}, the {self.kind} arrays are {sorted(specs)}"
-            )
-        for name, entry in files.items():
-            if name not in specs:
-                continue
+        for name, entry in self.files.items():
             if not isinstance(entry, dict) or sorted(entry) != sorted(_FILE_FIELDS):
                 problems.append(f"files[{name!r}] needs exactly the keys {sorted(_FILE_FIELDS)}")
                 continue
@@ -252,7 +280,8 @@ def validate_layout(
 
 
 def read_manifest(path: Path) -> Manifest:
-    """Read and validate ``path / manifest.json`` and the shapes of the arrays beside it.
+    """Read and validate ``path / manifest.json`` and the shapes of the arrays beside it
+    (each listed, inside ``path`` with symlinks resolved: :mod:`softlabel._manifest`).
 
     Raises FileNotFoundError when ``path`` does not exist, ValueError when the directory
     is incomplete (no manifest: an interrupted write) or corrupt.
@@ -274,8 +303,10 @@ def read_manifest(path: Path) -> Manifest:
     if not isinstance(data, dict):
         raise ValueError(f"teacher cache {str(path)!r}: corrupt {MANIFEST_NAME}: not an object")
     manifest = Manifest.from_dict(data, source=repr(str(path)))
-    for name, (shape, dtype) in manifest.array_specs().items():
-        check_array_file(path / name, shape, dtype, manifest.files[name])
+    specs = manifest.array_specs()
+    files = listed_file_paths(path, manifest.files, specs, manifest=repr(str(manifest_path)))
+    for name, (shape, dtype) in specs.items():
+        check_array_file(files[name], shape, dtype, manifest.files[name])
     return manifest
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 from typing import Any
 
+from softlabel.cache.format import read_manifest
 from softlabel.cache.reader import TeacherCache
 
 
@@ -55,18 +57,37 @@ def open_for_datamodule(
     Checks the data's ``fingerprint``, ``num_classes`` and :func:`inputs_fingerprint` (and
     ``teacher_sha256`` when given) against the manifest, and refuses random augmentation
     unless ``allow_augmentation``. ``verify`` and ``tail`` (what a top-k lookup returns:
-    ``"bucket"`` or ``"uniform"``) are passed on to :meth:`TeacherCache.open`.
+    ``"bucket"`` or ``"uniform"``) are passed on to :meth:`TeacherCache.open`. A cache of a
+    teacher with another tokenizer (its manifest's ``alignment``) holds that teacher's
+    vocabulary, and must have been written for the data's tokenizer.
     """
     check_augmentation(
         bool(getattr(datamodule, "has_random_augmentation", False)),
         allow_augmentation=allow_augmentation,
     )
+    alignment = read_manifest(Path(path)).alignment
+    if alignment is not None:
+        check_student_tokenizer(path, alignment, datamodule)
     return TeacherCache.open(
         path,
         fingerprint=datamodule.fingerprint,
-        num_classes=datamodule.num_classes,
+        num_classes=datamodule.num_classes if alignment is None else None,
         teacher_sha256=teacher_sha256,
         inputs_fingerprint=inputs_fingerprint(datamodule),
         verify=verify,
         tail=tail,
     )
+
+
+def check_student_tokenizer(path: Any, alignment: dict[str, Any], datamodule: Any) -> None:
+    """A cache of a teacher with another tokenizer holds rows at the positions of the student
+    tokenizer it was written for: refuse it for data with another tokenizer, naming both."""
+    have = getattr(datamodule, "tokenizer_fingerprint", None)
+    if have is not None and have != alignment["student_tokenizer"]:
+        raise ValueError(
+            f"teacher.cache={str(path)!r} holds a teacher of another tokenizer aligned to the "
+            f"positions of data.tokenizer={alignment['data.tokenizer']!r} (fingerprint "
+            f"{alignment['student_tokenizer'][:12]}), but this run's data.tokenizer has "
+            f"fingerprint {have[:12]}: write the cache again with softlabel-cache and this "
+            "run's data.tokenizer"
+        )

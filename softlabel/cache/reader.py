@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from softlabel.cache.format import (
+    ALIGNED,
     DENSE_LOGITS,
     MANIFEST_NAME,
     TOPK_INDEX,
@@ -172,6 +173,12 @@ class TeacherCache:
         return self.manifest.teacher_sha256
 
     @property
+    def alignment(self) -> dict[str, Any] | None:
+        """A teacher with another tokenizer than the data's: what the manifest records of the
+        two tokenizers and the aligned positions (None: the data's tokenizer)."""
+        return self.manifest.alignment
+
+    @property
     def row_shape(self) -> tuple[int, ...]:
         """Shape of one dataset item's positions: ``()`` or ``(L,)``."""
         return tuple(self.manifest.row_shape)
@@ -227,6 +234,22 @@ class TeacherCache:
                 return TopKLogits(top_index, top_logprob, tail).to(index.device)
             logits = reconstruct_topk_logits(top_index, top_logprob, self.num_classes, tail)
         return logits.to(index.device)
+
+    def lookup_aligned(self, index: torch.Tensor) -> torch.Tensor:
+        """(B, *row_shape) bool on ``index``'s device: the positions of the items ``index``
+        that have a teacher row (a cache with an ``alignment`` only)."""
+        if self.alignment is None:
+            raise ValueError(
+                f"teacher cache {str(self.path)!r} has no alignment: its teacher uses the data's "
+                "tokenizer, every position has a row"
+            )
+        index = torch.as_tensor(index)
+        rows = self._checked_rows(index)
+        arrays = self._mapped()
+        self._check_unchanged()
+        if self._unverified:
+            self._verify_rows(rows)
+        return torch.from_numpy(arrays[ALIGNED][rows] != 0).to(index.device)
 
     def _checked_rows(self, index: torch.Tensor) -> np.ndarray:
         if index.ndim != 1 or index.dtype.is_floating_point or index.dtype == torch.bool:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from softlabel.cache.format import (
+    ALIGNED,
     BLOCK_BYTES,
     DENSE_LOGITS,
     MANIFEST_NAME,
@@ -40,7 +41,7 @@ from softlabel.cache.format import (
 )
 from softlabel.functional.topk import TopKLogits
 
-CACHE_FILES = frozenset({MANIFEST_NAME, DENSE_LOGITS, TOPK_INDEX, TOPK_LOGPROB, TOPK_TAIL})
+CACHE_FILES = frozenset({MANIFEST_NAME, DENSE_LOGITS, TOPK_INDEX, TOPK_LOGPROB, TOPK_TAIL, ALIGNED})
 
 
 def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,6 +62,15 @@ class CacheWriter:
     directory; :meth:`commit` must be called explicitly once every row is written.
     ``row_shape`` is the shape of one item's positions: ``()`` (default) stores (B, K)
     logits per write, ``(L,)`` stores (B, L, K) (a block of L tokens per dataset index).
+    ``alignment`` (see :class:`softlabel.cache.format.Manifest`): a teacher with another
+    tokenizer, whose rows come with the mask of the positions that have one.
+
+    ``teacher_classes``: how many logits the teacher gives per position when that exceeds
+    ``num_classes`` (a padded vocabulary, see ``softlabel.models.hf.check_vocabularies``,
+    which decides ``num_classes``). Each write then takes (B, *row_shape, teacher_classes)
+    logits and keeps the first ``num_classes``, as the live teacher path does: the cached
+    distribution is the softmax renormalised over them. The manifest's ``teacher_config``
+    records it as ``teacher_output_rows``.
     """
 
     def __init__(
@@ -79,9 +89,25 @@ class CacheWriter:
         overwrite: bool = False,
         block_bytes: int = BLOCK_BYTES,
         row_shape: tuple[int, ...] | list[int] = (),
+        alignment: dict[str, Any] | None = None,
+        teacher_classes: int | None = None,
     ) -> None:
         validate_layout(kind, num_samples, num_classes, k, dtype)
         row_shape = check_row_shape(row_shape)
+        teacher_config = dict(teacher_config or {})
+        if teacher_classes is not None:
+            if (
+                isinstance(teacher_classes, bool)
+                or not isinstance(teacher_classes, int)
+                or teacher_classes < num_classes
+            ):
+                raise ValueError(
+                    f"teacher_classes={teacher_classes!r} must be an integer >= num_classes="
+                    f"{num_classes} (the teacher's logits per position, of which the first "
+                    "num_classes are stored)"
+                )
+            teacher_config["teacher_output_rows"] = teacher_classes
+        self.teacher_classes = num_classes if teacher_classes is None else teacher_classes
         block_rows_for((num_samples, num_classes), dtype, block_bytes)  # validates block_bytes
         self.block_bytes = block_bytes
         self.path = Path(path).absolute()
@@ -96,9 +122,10 @@ class CacheWriter:
             teacher_sha256=str(teacher_sha256),
             k=k,
             index_dtype=index_dtype_for(num_classes) if kind == "topk" else None,
-            teacher_config=dict(teacher_config or {}),
+            teacher_config=teacher_config,
             inputs_fingerprint=inputs_fingerprint,
             row_shape=row_shape,
+            alignment=None if alignment is None else dict(alignment),
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp_dir = _make_temporary_dir(self.path)
@@ -131,8 +158,13 @@ class CacheWriter:
     def rows_written(self) -> int:
         return int(self._written.sum())
 
-    def write(self, index: torch.Tensor, logits: torch.Tensor) -> None:
-        """Store the teacher ``logits`` (B, *row_shape, K) of the dataset items ``index`` (B,).
+    def write(
+        self, index: torch.Tensor, logits: torch.Tensor, aligned: torch.Tensor | None = None
+    ) -> None:
+        """Store the teacher ``logits`` (B, *row_shape, K) of the dataset items ``index`` (B,)
+        (K = ``teacher_classes``; the first ``num_classes`` are kept; for a cache with
+        ``alignment``, ``aligned`` (B, *row_shape) bool: the positions that have a teacher
+        row).
 
         Top-k: ``TopKLogits.from_logits(logits, k)``, i.e. the k most probable ids, their
         log-probabilities and the exact log tail mass (a log-sum-exp over the other ids of
@@ -142,6 +174,19 @@ class CacheWriter:
             raise ValueError(f"teacher cache {str(self.path)!r} is already committed or aborted")
         index, logits = self._checked_batch(index, logits)
         rows = index.numpy()
+        if (aligned is None) != (self.manifest.alignment is None):
+            raise ValueError(
+                "aligned (the positions with a teacher row) is given exactly when the cache "
+                "has an alignment (a teacher with another tokenizer)"
+            )
+        if aligned is not None:
+            mask = torch.as_tensor(aligned).detach().cpu()
+            if tuple(mask.shape) != tuple(logits.shape[:-1]):
+                raise ValueError(
+                    f"aligned shape={tuple(mask.shape)} must be the logits' positions "
+                    f"{tuple(logits.shape[:-1])}"
+                )
+            self._arrays[ALIGNED][rows] = mask.numpy().astype(np.uint8)
         if self.manifest.kind == "dense":
             values = logits.float().numpy()
             largest = float(np.abs(values).max(initial=0.0))
@@ -246,12 +291,14 @@ class CacheWriter:
                 f"index must be a 1-D integer tensor, got shape={tuple(index.shape)} "
                 f"dtype={index.dtype}"
             )
-        expected = (index.numel(), *row_shape, num_classes)
+        expected = (index.numel(), *row_shape, self.teacher_classes)
         if tuple(logits.shape) != expected:
+            what = "num_classes" if self.teacher_classes == num_classes else "teacher_classes"
             raise ValueError(
                 f"logits shape={tuple(logits.shape)} must be (len(index), *row_shape, "
-                f"num_classes) = {expected} (row_shape={list(row_shape)})"
+                f"{what}) = {expected} (row_shape={list(row_shape)})"
             )
+        logits = logits[..., :num_classes]  # a padded vocabulary: its first num_classes
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_samples):
             raise ValueError(
                 f"index values must lie in [0, {num_samples - 1}], got "

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from .predictions import read_predictions
+
 __all__ = [
     "ReliabilityBins",
+    "bin_index",
     "confidence_and_outcome",
     "load_predictions",
     "reliability_bins",
@@ -73,13 +75,21 @@ def confidence_and_outcome(probs: np.ndarray, target: np.ndarray) -> tuple[np.nd
     return probs.max(axis=1), (probs.argmax(axis=1) == target).astype(np.float64)
 
 
+def bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    """The bin of each confidence: ``j`` for ``[j/n, (j+1)/n)``, 1.0 in the last bin."""
+    if not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, n_bins - 1)
+
+
 def reliability_bins(probs: np.ndarray, target: np.ndarray, n_bins: int = 15) -> ReliabilityBins:
     """Bin the predictions by confidence into ``n_bins`` equal-width bins on [0, 1]."""
     if not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
     confidence, outcome = confidence_and_outcome(probs, target)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    index = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, n_bins - 1)
+    index = bin_index(confidence, n_bins)
     count = np.bincount(index, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_conf = np.bincount(index, weights=confidence, minlength=n_bins) / count
@@ -88,14 +98,7 @@ def reliability_bins(probs: np.ndarray, target: np.ndarray, n_bins: int = 15) ->
 
 
 def load_predictions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """``(probs, target)`` from a ``.npz`` file with arrays ``probs`` and ``target``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"predictions file {str(path)!r} does not exist")
-    with np.load(path) as data:
-        missing = {"probs", "target"} - set(data.files)
-        if missing:
-            raise ValueError(
-                f"predictions file {str(path)!r} lacks arrays {sorted(missing)}; it has {data.files}"
-            )
-        return data["probs"], data["target"]
+    """``(probs, target)`` from a ``.npz`` file with arrays ``probs`` and ``target``
+    (read by :func:`~softlabel.compare.predictions.read_predictions`: never unpickled)."""
+    predictions = read_predictions(path)
+    return predictions.probs, predictions.target

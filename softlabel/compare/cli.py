@@ -6,8 +6,10 @@ Two forms of one command::
     softlabel-compare aggregate DIR... [--out OUT]   # only aggregate existing run directories
 
 The Hydra form trains what is not finished yet (see :mod:`softlabel.compare.plan`) and
-writes ``results.csv``, ``summary.md`` and ``plots/`` into ``out``. With ``runs=[DIR,...]``
-it only aggregates those directories, like the ``aggregate`` form.
+writes ``results.csv``, ``differences.csv``, ``summary.md`` and ``plots/`` into ``out``.
+With ``runs=[DIR,...]`` it only aggregates those directories, like the ``aggregate`` form.
+Both exit with status 1, after writing everything they can, when a run failed, a
+predictions file could not be used or a pairing was refused; the last line says so.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from softlabel._conf import CONF_DIR
-
 __all__ = ["aggregate", "compare", "main"]
 
 
@@ -31,10 +31,15 @@ def aggregate(
     title: str = "Comparison",
     metrics: Sequence[str] | None = None,
     n_bins: int = 15,
+    baseline: str | None = None,
+    stats=None,
+    headline: str = "best",
 ):
     """Aggregate every run found below ``dirs`` into ``out`` (no training).
 
-    Returns the :class:`~softlabel.compare.report.Report`.
+    ``baseline``, ``stats`` (a :class:`~softlabel.compare.differences.StatsSettings`) and
+    ``headline`` as in :func:`~softlabel.compare.report.write_report`. Returns the
+    :class:`~softlabel.compare.report.Report`.
     """
     from .report import write_report
     from .runs import load_runs
@@ -43,7 +48,7 @@ def aggregate(
     records = load_runs(list(dirs))
     if not records:
         raise ValueError(f"dirs {list(map(str, dirs))} hold no run directory (no metrics.json)")
-    methods = sorted({r.method for r in records}, key=_natural_key)
+    methods = sorted({r.method for r in records if r.role == "method"}, key=_natural_key)
     return write_report(
         records,
         out,
@@ -51,6 +56,9 @@ def aggregate(
         methods=methods,
         metrics=metrics or DEFAULT_METRICS,
         n_bins=n_bins,
+        baseline=baseline,
+        stats=stats,
+        headline=headline,
     )
 
 
@@ -70,23 +78,34 @@ def compare(config: dict, *, console=None):
     """
     from rich.console import Console
 
+    from .differences import StatsSettings, check_baseline
     from .launch import run_plan
-    from .plan import plan_from_config
+    from .plan import HEADLINES, plan_from_config
     from .report import write_report
     from .table import DEFAULT_METRICS
 
     console = console or Console(stderr=True)
     metrics = config.get("metrics") or DEFAULT_METRICS
     n_bins = int(config.get("n_bins", 15))
+    stats = StatsSettings.from_config(config.get("stats"))
+    baseline = config.get("baseline")
     if config.get("runs"):
+        headline = config.get("headline", "best")
+        if headline not in HEADLINES:
+            raise ValueError(f"headline must be one of {list(HEADLINES)}, got {headline!r}")
         return aggregate(
             config["runs"],
             config["out"],
             title=str(config.get("name", "Comparison")),
             metrics=metrics,
             n_bins=n_bins,
+            baseline=baseline,
+            stats=stats,
+            headline=headline,
         )
     plan = plan_from_config(config)
+    # refused before anything trains
+    baseline = check_baseline(baseline, [m.name for m in plan.methods])
     commands = [shlex.join(job.argv) for job in plan.jobs()]
     if config.get("dry_run", False):
         console.print("\n".join(commands), soft_wrap=True, markup=False)
@@ -110,6 +129,8 @@ def compare(config: dict, *, console=None):
         n_bins=n_bins,
         notes=[f"**Warning:** {n}" for n in notes],
         headline=plan.headline,
+        baseline=baseline,
+        stats=stats,
     )
     failed = [r for r in records if not r.ok]
     console.print(
@@ -117,6 +138,20 @@ def compare(config: dict, *, console=None):
         soft_wrap=True,
     )
     return report
+
+
+def _finish(report, console=None) -> int:
+    """Print the report's problems, the last line saying what failed; the exit status."""
+    if report is None or not report.problems:
+        return 0
+    if console is None:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+    for problem in report.problems:
+        console.print(f"[red]problem:[/] {problem}", soft_wrap=True, highlight=False)
+    console.print(report.problem_line(), soft_wrap=True, markup=False, highlight=False)
+    return 1
 
 
 def _aggregate_main(argv: Sequence[str]) -> int:
@@ -130,23 +165,78 @@ def _aggregate_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--metrics", nargs="+", help="metric names (default: acc nll ece auroc logloss)"
     )
+    parser.add_argument(
+        "--baseline", help="method the others are compared with (default: hard, else the first)"
+    )
+    parser.add_argument(
+        "--headline",
+        choices=["best", "last"],
+        default="best",
+        help="checkpoint of the first table and of the differences shown (default: best)",
+    )
+    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap draws (stats.n_boot)")
+    parser.add_argument("--level", type=float, default=0.95, help="interval level (stats.level)")
+    parser.add_argument("--stats-seed", type=int, default=0, help="random seed (stats.seed)")
     args = parser.parse_args(list(argv))
-    report = aggregate(args.dirs, args.out or args.dirs[0], title=args.title, metrics=args.metrics)
-    print(f"wrote {report.results}, {report.summary} and {len(report.plots)} plots")
-    return 0
+    from .differences import StatsSettings
+
+    stats = StatsSettings(n_boot=args.n_boot, level=args.level, seed=args.stats_seed)
+    report = aggregate(
+        args.dirs,
+        args.out or args.dirs[0],
+        title=args.title,
+        metrics=args.metrics,
+        baseline=args.baseline,
+        stats=stats,
+        headline=args.headline,
+    )
+    print(f"wrote {report.results}, {report.summary} and {len(report.plots)} plots", flush=True)
+    return _finish(report)
+
+
+def _config(cfg) -> dict:
+    """The composed config as a plain dict, resolved, without Hydra's node."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
+    )
+    assert isinstance(config, dict)
+    return config
+
+
+_STATUS: list[int] = []  # each job's exit status (1: some runs failed)
+
+
+def _job(cfg) -> None:
+    """The Hydra task: run (or aggregate) the comparison."""
+    _STATUS.append(_finish(compare(_config(cfg))))
+
+
+def _check(cfg) -> None:
+    """The plan checked before Hydra writes ``out`` (method and pretrained entries, seeds,
+    launch, headline, threads, ...)."""
+    from .plan import plan_from_config
+
+    config = _config(cfg)
+    if not config.get("runs"):
+        plan_from_config(config)
 
 
 def _hydra_main() -> None:
-    import hydra
-    from omegaconf import DictConfig, OmegaConf
+    from softlabel._hydra_app import hydra_app
 
-    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
-    def app(cfg: DictConfig) -> None:
-        config = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(config, dict)
-        compare(config)
+    from .plan import ENTRY_KEYS
 
-    app()
+    hydra_app(
+        _job,
+        config_name="compare",
+        schema="compare/base",  # the keys of every comparison config (compare.yaml, recipes)
+        entries=ENTRY_KEYS,
+        check=_check,
+    )()
+    if any(_STATUS):
+        sys.exit(1)
 
 
 def main() -> None:

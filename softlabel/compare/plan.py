@@ -26,6 +26,8 @@ from typing import Any
 import yaml
 
 from softlabel._conf import CONF_DIR
+from softlabel._config_check import unknown_key_message
+from softlabel._threads import check_threads
 
 __all__ = ["ComparePlan", "Job", "MethodSpec", "PretrainedSpec", "plan_from_config"]
 
@@ -38,6 +40,12 @@ _CHECKPOINT_FOR = {
     "previous_probs": ("previous.checkpoint", "previous"),
 }
 RESERVED_PREFIXES = ("seed=", "method=", "hydra.sweep.", "hydra.run.")
+#: The keys of a method entry and of a pretrained entry given as a mapping.
+METHOD_KEYS = ("overrides", "teacher", "previous")
+PRETRAINED_KEYS = ("overrides", "seed", "checkpoint")
+#: The named mappings of a comparison config and the keys of their entries (for the config
+#: check made before softlabel-compare runs).
+ENTRY_KEYS = {"methods": METHOD_KEYS, "pretrained": PRETRAINED_KEYS}
 BEST_CHECKPOINT = Path("checkpoints") / "best.ckpt"
 #: The checkpoint of a pretrained run that methods get: validation-selected or last epoch.
 CHECKPOINT_FILES = {"best": BEST_CHECKPOINT, "last": Path("checkpoints") / "last.ckpt"}
@@ -253,15 +261,21 @@ def _target_choice(overrides: Sequence[str]) -> str | None:
     return choice
 
 
+def _check_entry_keys(entry: Mapping[str, Any], allowed: Sequence[str], path: str) -> None:
+    unknown = [key for key in entry if key not in allowed]
+    if unknown:
+        raise ValueError(
+            "; ".join(
+                unknown_key_message(f"{path}.{key}", allowed, f"under `{path}`") for key in unknown
+            )
+        )
+
+
 def _method(
     name: str, value: Any, base: tuple[str, ...], pretrained: Mapping[str, PretrainedSpec]
 ) -> MethodSpec:
     if isinstance(value, Mapping):
-        unknown = set(value) - {"overrides", "teacher", "previous"}
-        if unknown:
-            raise ValueError(
-                f"method {name!r} has unknown keys {sorted(unknown)}; allowed: overrides, teacher, previous"
-            )
+        _check_entry_keys(value, METHOD_KEYS, f"methods.{name}")
         overrides = _overrides(value.get("overrides", []), f"methods.{name}.overrides")
         explicit = {k: value[k] for k in ("teacher", "previous") if k in value}
     else:
@@ -296,7 +310,8 @@ def plan_from_config(config: Mapping[str, Any]) -> ComparePlan:
     or ``last``), ``headline`` (``best`` or ``last``: which checkpoint's table leads
     ``summary.md``), ``launch``, ``train_command``,
     ``save_predictions`` and ``predictions_override``, ``env`` (environment variables for
-    the training commands, e.g. ``OMP_NUM_THREADS``), ``name``.
+    the training commands, e.g. ``OMP_NUM_THREADS``), ``threads`` (``threads=N`` added to
+    every training run's overrides; null: nothing added), ``name``.
 
     A method whose target source reads a teacher's logits (``source.reference``) gets
     ``teacher.checkpoint`` of the pretrained entry ``teacher``, one whose source reads a
@@ -308,6 +323,15 @@ def plan_from_config(config: Mapping[str, Any]) -> ComparePlan:
         raise ValueError("out must name the comparison's output directory")
     base = _overrides(config.get("base") or [], "base")
     base = (*base, *_overrides(config.get("extra") or [], "extra"))
+    threads = check_threads(config)
+    if threads is not None:
+        given = [o for o in base if o.lstrip("+").startswith("threads=")]
+        if given:
+            raise ValueError(
+                f"threads={threads} and {given[-1]!r} in base/extra: set the training runs' "
+                "threads once (threads=N)"
+            )
+        base = (*base, f"threads={threads}")
     seeds_value = config.get("seeds")
     if (
         not isinstance(seeds_value, Sequence)
@@ -322,12 +346,7 @@ def plan_from_config(config: Mapping[str, Any]) -> ComparePlan:
     for name, value in (config.get("pretrained") or {}).items():
         _name(name, "pretrained")
         if isinstance(value, Mapping):
-            unknown = set(value) - {"overrides", "seed", "checkpoint"}
-            if unknown:
-                raise ValueError(
-                    f"pretrained {name!r} has unknown keys {sorted(unknown)}; allowed: "
-                    "overrides, seed, checkpoint"
-                )
+            _check_entry_keys(value, PRETRAINED_KEYS, f"pretrained.{name}")
             seed = value.get("seed", seeds[0])
             if not isinstance(seed, int) or isinstance(seed, bool):
                 raise ValueError(f"pretrained.{name}.seed must be an int, got {seed!r}")

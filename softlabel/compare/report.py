@@ -11,9 +11,17 @@ import numpy as np
 import pandas as pd
 
 from ._io import atomic_write, atomic_write_text
-from .calibration import ReliabilityBins, load_predictions, reliability_bins
+from .calibration import ReliabilityBins, reliability_bins
 from .curves import mean_curves
+from .differences import (
+    SEEDS_ONLY,
+    Differences,
+    StatsSettings,
+    check_baseline,
+    paired_differences,
+)
 from .plots import plot_curves, plot_metric_bars, plot_reliability
+from .predictions import Predictions, run_predictions
 from .runs import PREDICTIONS_FILES, RunRecord
 from .table import DEFAULT_METRICS, available_metrics, format_mean_std, results_frame, summarize
 
@@ -22,36 +30,53 @@ __all__ = ["Report", "best_on_validation", "method_reliability", "summary_markdo
 
 @dataclass
 class Report:
-    """What :func:`write_report` wrote (plots that could not be drawn are absent)."""
+    """What :func:`write_report` wrote (plots that could not be drawn are absent), and the
+    problems it met."""
 
     results: Path
     summary: Path
     plots: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    differences: Path | None = None
+    #: failed runs, unusable prediction files, refused pairings (the command exits non-zero)
+    problems: list[str] = field(default_factory=list)
+    runs: int = 0
+    failed: int = 0
+
+    def problem_line(self) -> str:
+        """One line saying what went wrong ("" when nothing did), for a command's last line."""
+        if not self.problems:
+            return ""
+        other = len(self.problems) - self.failed
+        parts = [f"{self.failed} of {self.runs} runs failed"] if self.failed else []
+        if other:
+            parts.append(f"{other} other problem{'s' if other > 1 else ''}")
+        return f"error: {', '.join(parts)}; see {self.summary}"
 
 
 def method_reliability(
-    records: Sequence[RunRecord], n_bins: int = 15, checkpoint: str = "best"
+    records: Sequence[RunRecord],
+    n_bins: int = 15,
+    checkpoint: str = "best",
+    predictions: Mapping[Path, Predictions] | None = None,
 ) -> tuple[dict[str, ReliabilityBins], bool]:
     """Per method, the reliability bins of its finished runs' pooled test predictions.
 
     Reads the test predictions of ``checkpoint`` (``best``: ``predictions_test.npz``, the
     val-selected weights; ``last``: ``predictions_test_last.npz``, the final weights; arrays
-    ``probs``, ``target``) in each run directory; methods with no such file are left out.
-    Also returns whether the task is binary.
+    ``probs``, ``target``) in each run directory, or takes them from ``predictions`` (by run
+    directory, as :func:`~softlabel.compare.predictions.run_predictions` returns them);
+    methods with no usable file are left out. Also returns whether the task is binary.
     """
-    if checkpoint not in PREDICTIONS_FILES:
-        raise ValueError(
-            f"checkpoint must be one of {sorted(PREDICTIONS_FILES)}, got {checkpoint!r}"
-        )
+    if predictions is None:
+        predictions, _ = run_predictions(records, checkpoint)
     pooled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for record in records:
-        path = record.run_dir / PREDICTIONS_FILES[checkpoint]
-        if record.ok and record.role == "method" and path.is_file():
-            probs, target = load_predictions(path)
+        saved = predictions.get(record.run_dir)
+        if record.ok and record.role == "method" and saved is not None:
             pooled.setdefault(record.method, ([], []))
-            pooled[record.method][0].append(probs)
-            pooled[record.method][1].append(target)
+            pooled[record.method][0].append(saved.probs)
+            pooled[record.method][1].append(saved.target)
     binary = any(p[0].ndim == 1 for p, _ in pooled.values())
     bins = {
         method: reliability_bins(np.concatenate(probs), np.concatenate(targets), n_bins)
@@ -149,6 +174,75 @@ def _pretrained_table(
     return text
 
 
+_CHECKPOINT_NAMES = {"best": "validation-selected checkpoint", "last": "last epoch"}
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.4f}".replace("-", "−")
+
+
+def _p(value: float) -> str:
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _differences_table(
+    differences: Differences, checkpoint: str, methods: Sequence[str], metrics: Sequence[str]
+) -> str:
+    """The "Differences vs <baseline>" section for one checkpoint (empty without rows)."""
+    frame = differences.frame
+    rows = frame[frame["checkpoint"] == checkpoint] if not frame.empty else frame
+    if rows.empty:
+        return ""
+    settings = differences.settings
+    names = [m for m in metrics if m in set(rows["metric"])]
+    level = f"{settings.level * 100:g}%"
+    text = [
+        f"## Differences vs `{differences.baseline}` ({_CHECKPOINT_NAMES[checkpoint]})\n",
+        f"Cells: method − `{differences.baseline}` on the test split, paired by seed and by "
+        f"test example, [{level} interval], p-value. Intervals: percentile bootstrap, "
+        f"{settings.n_boot} draws of the seeds and the test examples (`stats.seed` "
+        f"{settings.seed}); p: exact McNemar test (acc), paired permutation test (other "
+        "metrics). **Bold**: the interval excludes 0; otherwise no detectable difference "
+        "at this size. Lower is better for nll, logloss and ece.\n",
+    ]
+    header = ["method", "seeds", *names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    seed_only = False
+    for method in [m for m in methods if m in set(rows["method"])]:
+        own = rows[rows["method"] == method].set_index("metric")
+        first = own.iloc[0]
+        seeds = str(int(first["n_seeds"]))
+        if first["dropped_seeds"]:
+            seeds += f" (dropped: {first['dropped_seeds']})"
+        cells = []
+        for name in names:
+            if name not in own.index:
+                cells.append("–")
+                continue
+            row = own.loc[name]
+            value = _signed(row["difference"])
+            if row["ci_low"] > 0 or row["ci_high"] < 0:
+                value = f"**{value}**"
+            mark = "†" if row["resampled"] == SEEDS_ONLY else ""
+            seed_only = seed_only or bool(mark)
+            cells.append(
+                f"{value}{mark} [{_signed(row['ci_low'])}, {_signed(row['ci_high'])}], "
+                f"p {_p(row['p_value'])}"
+            )
+        lines.append("| " + " | ".join([f"`{method}`", seeds, *cells]) + " |")
+    text.append("\n".join(lines) + "\n")
+    if seed_only:
+        text.append(
+            "†: resampled over seeds only (no saved test predictions for this metric or run): "
+            "the logged values, p from an exact sign-flip test over seeds.\n"
+        )
+    text.append(
+        "All rows, both checkpoints: `differences.csv`. Seeds and draws are fixed: "
+        "aggregating again gives the same numbers.\n"
+    )
+    return "\n".join(text)
+
+
 def summary_markdown(
     records: Sequence[RunRecord],
     *,
@@ -160,11 +254,15 @@ def summary_markdown(
     plots: Mapping[str, str] | None = None,
     notes: Sequence[str] = (),
     headline: str = "best",
+    differences: Differences | None = None,
+    problems: Sequence[str] = (),
 ) -> str:
-    """The ``summary.md`` text: mean ± std tables, pretrained models, failures, plots.
+    """The ``summary.md`` text: mean ± std tables, paired differences, pretrained models,
+    failures, plots.
 
-    ``headline`` ("best" or "last") is the checkpoint whose test table comes first; both
-    tables are always shown.
+    ``headline`` ("best" or "last") is the checkpoint whose test table comes first, followed
+    by its "Differences vs <baseline>" table when ``differences`` has rows; both metric
+    tables are always shown. ``problems`` are listed first.
     """
     frame = results_frame(records)
     is_method = frame["role"] == "method" if not frame.empty else pd.Series(dtype=bool)
@@ -183,6 +281,7 @@ def summary_markdown(
         "Cells: mean ± sample standard deviation (ddof = 1) over the finished seeds, "
         "on the test split. Nothing is selected on test.\n"
     )
+    out.extend(f"**Problem:** {problem}\n" for problem in problems)
     out.extend(f"{note}\n" for note in notes)
     if not frame.empty and names:
         sel = f" (monitor: {', '.join(monitor)})" if monitor else ""
@@ -195,6 +294,9 @@ def summary_markdown(
             mark = " (headline)" if key == headline else ""
             out.append(f"## {heading}{mark}\n")
             out.append(_metrics_table(frame, which, names, order))
+            if key == headline and differences is not None:
+                out.append(_differences_table(differences, key, order, names))
+                out.extend(f"{note}\n" for note in dict.fromkeys(differences.notes))
         out.append("## Validation metrics of the selected checkpoint\n")
         picks = {m: best_on_validation(frame, f"val/{m}", order) for m in names}
         picks = {m: p for m, p in picks.items() if p}
@@ -239,19 +341,38 @@ def write_report(
     n_bins: int = 15,
     notes: Sequence[str] = (),
     headline: str = "best",
+    baseline: str | None = None,
+    stats: StatsSettings | None = None,
 ) -> Report:
-    """Write ``results.csv``, the plots and ``summary.md`` into ``out_dir``.
+    """Write ``results.csv``, ``differences.csv``, the plots and ``summary.md`` into ``out_dir``.
 
-    A plot is skipped, with a note in the summary, when its inputs are missing (no saved
-    predictions for the reliability diagrams, no ``metrics.csv`` for the curves).
+    ``baseline`` (default: ``hard`` when it is a method, else the first method) is what
+    every method is compared with (:func:`~softlabel.compare.differences.paired_differences`,
+    settings ``stats``); a baseline that is not a method is refused before anything is
+    written. A plot is skipped, with a note in the summary, when its inputs are missing (no
+    saved predictions for the reliability diagrams, no ``metrics.csv`` for the curves).
+    Failed runs, unusable prediction files and refused pairings are listed in
+    :attr:`Report.problems` (and at the top of the summary); the rest is aggregated.
     """
+    if headline not in PREDICTIONS_FILES:
+        raise ValueError(f"headline must be one of {sorted(PREDICTIONS_FILES)}, got {headline!r}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     frame = results_frame(records)
-    results = atomic_write(out_dir / "results.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    method_rows = frame[frame["role"] == "method"] if not frame.empty else frame
     order = list(methods) if methods is not None else None
+    compared = order if order is not None else list(dict.fromkeys(method_rows.get("method", [])))
+    if compared:
+        baseline = check_baseline(baseline, compared)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = atomic_write(out_dir / "results.csv", lambda tmp: frame.to_csv(tmp, index=False))
     plots: dict[str, Path] = {}
     notes = list(notes)
+    problems = [
+        f"run {r.run_dir} ({'pretrained' if r.role == 'pretrained' else 'method'} "
+        f"`{r.method}`{'' if r.seed is None else f', seed {r.seed}'}) failed"
+        for r in records
+        if not r.ok
+    ]
     finished = (
         frame[(frame["status"] == "ok") & (frame["role"] == "method")] if not frame.empty else frame
     )
@@ -269,8 +390,12 @@ def write_report(
         plots["curves"] = plot_curves(curves, out_dir / "plots" / "curves.png")
     else:
         notes.append("_No training curves: no finished run has a `metrics.csv` log._")
+    saved: dict[str, dict[Path, Predictions]] = {}
+    for checkpoint in PREDICTIONS_FILES:
+        saved[checkpoint], unusable = run_predictions(records, checkpoint)
+        problems.extend(unusable)
     # the diagrams show the headline's weights, as the first table does
-    bins, binary = method_reliability(records, n_bins, checkpoint=headline)
+    bins, binary = method_reliability(records, n_bins, headline, saved[headline])
     weights = "final" if headline == "last" else "validation-selected"
     if bins:
         bins = {m: bins[m] for m in (order or list(bins)) if m in bins}
@@ -283,6 +408,24 @@ def write_report(
             f"_No reliability diagrams: no finished run saved `{PREDICTIONS_FILES[headline]}` "
             f"(test probabilities and labels of the {weights} weights)._"
         )
+    differences = None
+    differences_path = None
+    if compared and baseline is not None and not finished.empty:
+        differences = paired_differences(
+            records,
+            frame,
+            methods=compared,
+            baseline=baseline,
+            metrics=names,
+            settings=stats,
+            n_bins=n_bins,
+            predictions=saved,
+        )
+        problems.extend(differences.problems)
+        table = differences.frame
+        differences_path = atomic_write(
+            out_dir / "differences.csv", lambda tmp: table.to_csv(tmp, index=False)
+        )
     rel = {name: os.path.relpath(path, out_dir) for name, path in plots.items()}
     text = summary_markdown(
         records,
@@ -294,6 +437,9 @@ def write_report(
         plots=rel,
         notes=notes,
         headline=headline,
+        differences=differences,
+        problems=problems,
     )
     summary = atomic_write_text(out_dir / "summary.md", text)
-    return Report(results, summary, plots, notes)
+    failed = sum(not r.ok for r in records)
+    return Report(results, summary, plots, notes, differences_path, problems, len(records), failed)

@@ -10,10 +10,10 @@ Lightning and the training code are imported inside the job, so ``--help`` answe
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
 from softlabel._conf import CONF_DIR
+from softlabel._hydra_app import hydra_app
 from softlabel.loop.resolvers import register_resolvers
 
 __all__ = ["CONF_DIR", "main"]
@@ -21,14 +21,18 @@ __all__ = ["CONF_DIR", "main"]
 register_resolvers()
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="loop")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point: trains every (seed, method) run and writes the report."""
+def _job(cfg: DictConfig) -> None:
+    """The Hydra task: trains every (seed, method) run and writes the report."""
     from hydra.core.hydra_config import HydraConfig
 
     from softlabel.loop.job import run_job
 
     run_job(cfg, HydraConfig.get().runtime.output_dir)
+
+
+main = hydra_app(_job, config_name="loop")
+"""Console entry point ``softlabel-loop``: the config checked (unknown keys refused), then
+the Hydra app (conf/loop.yaml)."""
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from softlabel._io import atomic_write_json
+from softlabel._threads import check_threads
 from softlabel.loop.runner import (
     METHODS,
     LoopSettings,
@@ -92,13 +93,7 @@ def run_job(cfg: DictConfig, output_dir: str | os.PathLike[str]) -> Any:
         raise ValueError(f"methods must be distinct names from {METHODS}, got {methods}")
     # Checked before the stream is built (its length may follow versions) and before v1 trains.
     versions = check_versions(cfg.get("versions"))
-    threads = cfg.get("num_threads")
-    if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-    ):
-        raise ValueError(
-            f"num_threads={threads!r}; allowed: null (torch's default) or an integer >= 1"
-        )
+    threads = check_threads(cfg)
     if threads is not None:
         torch.set_num_threads(threads)
     out = Path(output_dir)

@@ -13,7 +13,9 @@ A version is written into a ``.partial-*`` directory, the manifest last, and onl
 renamed to ``vNNNN`` with ``os.replace``: a crash at any point leaves the store exactly as
 it was before the write (plus an ignored ``.partial-*`` directory). Versions are never
 overwritten. Reading checks the manifest against what the caller expects (version,
-checkpoint hash, data fingerprint) and refuses a stale or mismatched store.
+checkpoint hash, data fingerprint) and refuses a stale or mismatched store; the manifest
+must list exactly ``ids.npy`` and ``probs.npy``, inside the version directory, each with
+its SHA-256 (the rule of :mod:`softlabel._manifest`), and both are hashed on read.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from softlabel._manifest import check_listed_files, listed_file_paths
 
 __all__ = [
     "PredictionStore",
@@ -48,6 +52,9 @@ IDS_NAME = "ids.npy"
 PROBS_NAME = "probs.npy"
 PARTIAL_PREFIX = ".partial-"
 TASKS = ("binary", "multiclass")
+#: the data files of a version: what a reader opens, so what its manifest must list and hash
+DATA_FILES = (IDS_NAME, PROBS_NAME)
+_FILE_FIELDS = ("dtype", "sha256", "shape")
 
 
 class StaleStoreError(ValueError):
@@ -72,18 +79,46 @@ class VersionManifest:
 
     @classmethod
     def from_json(cls, path: Path) -> VersionManifest:
+        """Read ``path``; ValueError unless it is a manifest of this format whose ``files``
+        list exactly :data:`DATA_FILES`, each with its shape, dtype and SHA-256
+        (the rule of :mod:`softlabel._manifest`)."""
         try:
             payload = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(
                 f"prediction store manifest {str(path)!r} is unreadable: {error}"
             ) from error
+        if not isinstance(payload, dict):
+            raise ValueError(f"prediction store manifest {str(path)!r} is not a JSON object")
         if payload.get("format") != FORMAT or payload.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"{str(path)!r} is not a {FORMAT} manifest of format_version {FORMAT_VERSION} "
                 f"(format={payload.get('format')!r}, format_version={payload.get('format_version')!r})"
             )
-        return cls(**payload)
+        files = payload.get("files")
+        check_listed_files(files, DATA_FILES, manifest=repr(str(path)))
+        for name, entry in files.items():
+            if (
+                not isinstance(entry, dict)
+                or sorted(entry) != sorted(_FILE_FIELDS)
+                or not _is_sha256(entry["sha256"])
+            ):
+                raise ValueError(
+                    f"prediction store manifest {str(path)!r}: files entry {name!r} must hold "
+                    f"exactly {list(_FILE_FIELDS)} with sha256 a 64-digit hex digest, got {entry!r}"
+                )
+        try:
+            return cls(**payload)
+        except TypeError as error:
+            raise ValueError(
+                f"prediction store manifest {str(path)!r} has missing or unknown fields: {error}"
+            ) from error
+
+
+def _is_sha256(value: Any) -> bool:
+    return (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    )
 
 
 def ids_fingerprint(ids: np.ndarray) -> str:
@@ -211,11 +246,17 @@ def _validate_predictions(
 class StoredVersion:
     """One complete stored version: memory-mapped ids and probabilities, looked up by sample id."""
 
-    def __init__(self, directory: Path, manifest: VersionManifest) -> None:
+    def __init__(
+        self, directory: Path, manifest: VersionManifest, paths: dict[str, Path] | None = None
+    ) -> None:
         self.directory = directory
         self.manifest = manifest
-        self.ids = np.load(directory / IDS_NAME, mmap_mode="r")
-        self.probs = np.load(directory / PROBS_NAME, mmap_mode="r")
+        if paths is None:  # opened without PredictionStore.read: the manifest rule still holds
+            paths = listed_file_paths(
+                directory, manifest.files, DATA_FILES, manifest=repr(str(directory / MANIFEST_NAME))
+            )
+        self.ids = np.load(paths[IDS_NAME], mmap_mode="r", allow_pickle=False)
+        self.probs = np.load(paths[PROBS_NAME], mmap_mode="r", allow_pickle=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -372,7 +413,9 @@ class PredictionStore:
         """Open ``version`` for lookups, refusing it (StaleStoreError) if the manifest does not match.
 
         Each expectation given (checkpoint hash, data fingerprint, task) must equal the
-        manifest's; with ``verify_files`` the arrays' SHA-256 are checked too.
+        manifest's. The manifest must list the two arrays (and nothing else) inside the
+        version directory (:func:`softlabel._manifest.listed_file_paths`); with
+        ``verify_files`` (default) their SHA-256 are checked too.
         """
         manifest = self.manifest(version)
         expected = {
@@ -389,17 +432,19 @@ class PredictionStore:
                     "made by another model or on other data. Write them again for this run."
                 )
         directory = self.path(version)
-        for name, spec in manifest.files.items():
-            path = directory / name
+        paths = listed_file_paths(
+            directory, manifest.files, DATA_FILES, manifest=repr(str(directory / MANIFEST_NAME))
+        )
+        for name, path in paths.items():
             if not path.is_file():
                 raise ValueError(
                     f"prediction store file {str(path)!r} listed in the manifest is missing"
                 )
-            if verify_files and _sha256(path) != spec["sha256"]:
+            if verify_files and _sha256(path) != manifest.files[name]["sha256"]:
                 raise StaleStoreError(
                     f"prediction store file {str(path)!r} does not match its manifest hash"
                 )
-        stored = StoredVersion(directory, manifest)
+        stored = StoredVersion(directory, manifest, paths)
         if len(stored.ids) != manifest.num_samples:
             raise ValueError(
                 f"{str(directory)!r}: ids hold {len(stored.ids)} rows, manifest says {manifest.num_samples}"

@@ -280,6 +280,7 @@ def build_module(
         "reference_provider": provider,
     }
     if is_causal_lm(datamodule):
+        from softlabel.modules.lm_metrics import token_byte_lengths
         from softlabel.modules.lm_module import CausalLMModule
 
         lm = cfg.get("lm") or {}
@@ -294,6 +295,7 @@ def build_module(
             eos_token_id=getattr(datamodule, "eos_token_id", None),
             pad_token_id=getattr(datamodule, "pad_token_id", None),
             seed=int(cfg.get("seed") or 0),
+            token_bytes=token_byte_lengths(datamodule.text_tokenizer),
             **lm_generation(cfg, datamodule),
         )
     from softlabel.modules.soft_label_module import SoftLabelModule

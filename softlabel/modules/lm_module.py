@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from softlabel.modules.cross_tokenizer import aligned_loss
 from softlabel.modules.lm_generation import (
     GenerationSettings,
     check_fraction,
@@ -90,7 +91,8 @@ class CausalLMModule(SoftLabelModule):
     ``seq_kd_teacher`` is that teacher when the target needs no teacher reference, e.g.
     ``target=hard``: Kim and Rush's sequence-level KD), ``eos_token_id`` and
     ``pad_token_id`` (the data's) and ``seed`` (of the on-policy draws) configure
-    generated batches; see ``softlabel.modules.lm_generation``.
+    generated batches; see ``softlabel.modules.lm_generation``. ``token_bytes`` (V,): the
+    UTF-8 bytes of each id, for the ``bpb`` metric (None: no ``bpb``).
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class CausalLMModule(SoftLabelModule):
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
         seed: int = 0,
+        token_bytes: Tensor | None = None,
     ) -> None:
         super().__init__(
             student,
@@ -127,7 +130,7 @@ class CausalLMModule(SoftLabelModule):
 
         self.task = "causal_lm"
         self.vocab_size = int(vocab_size)
-        metrics = build_lm_metrics(self.vocab_size, IGNORE_INDEX)
+        metrics = build_lm_metrics(self.vocab_size, IGNORE_INDEX, token_bytes)
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
@@ -159,6 +162,14 @@ class CausalLMModule(SoftLabelModule):
         self.seq_kd = bool(seq_kd)
         self.seed = int(seed)
         self.special_tokens = (eos_token_id, pad_token_id)
+        # a teacher with another tokenizer: its rows at some positions only (None otherwise)
+        self.aligned_loss = aligned_loss(
+            source,
+            reference_provider,
+            linear=self.linear_loss is not None,
+            chunk_rows=chunk_rows,
+            generated=self.on_policy_fraction > 0 or self.seq_kd,
+        )
         # a frozen teacher used only to generate: held outside the module tree (a list is
         # not registered), so it is never in a checkpoint; moved to the batch's device
         self._seq_kd_teacher = [seq_kd_teacher] if seq_kd_teacher is not None else []
@@ -331,6 +342,15 @@ class CausalLMModule(SoftLabelModule):
     def token_loss_sum(self, input_ids: Tensor, labels: Tensor, index: Tensor) -> Tensor:
         """The loss summed over the non-ignored tokens of the batch."""
         target = next_tokens(labels)
+        if self.aligned_loss is not None:  # a teacher with another tokenizer (cross_tokenizer)
+            provider = self.reference_provider
+            taught = shift_for_causal_lm(provider.aligned(input_ids, index))
+            reference = shift_for_causal_lm(provider(input_ids, index))
+            if self.linear_loss is None:
+                logits = shift_for_causal_lm(self.student(input_ids))
+                return self.aligned_loss(logits, target, taught, reference)
+            hidden = shift_for_causal_lm(self.student.features(input_ids))
+            return self.aligned_loss(hidden, target, taught, reference, self.student.head)
         source_ref = self.loss.source.reference
         if self.linear_loss is not None:
             return self._linear_loss_sum(input_ids, target, index)

@@ -17,6 +17,12 @@ from typing import Any
 from torch import nn
 
 from softlabel.modules.build import absolute_path, is_causal_lm
+from softlabel.modules.cross_tokenizer import (
+    AlignedCache,
+    aligned_teacher,
+    check_own_tokenizer,
+    has_other_vocabulary,
+)
 from softlabel.modules.frozen import frozen_model, output_rows
 from softlabel.modules.references import CachedTeacher, LiveTeacher, PreviousModelProvider
 
@@ -45,6 +51,7 @@ def live_teacher(
     pretrained: str | None = None,
     dtype: str | None = None,
     trust_checkpoint: bool = False,
+    tokenizer: str | None = None,
     *,
     datamodule: Any,
     student: nn.Module | None = None,
@@ -52,7 +59,16 @@ def live_teacher(
 ) -> tuple[LiveTeacher, Record]:
     """A frozen teacher model run on every batch (``teacher=<architecture>``,
     ``teacher=hf_causal_lm``): ``model`` with the weights of ``checkpoint``, or a causal LM
-    from ``pretrained`` (see :func:`softlabel.modules.frozen.frozen_model`)."""
+    from ``pretrained`` (see :func:`softlabel.modules.frozen.frozen_model`). ``tokenizer``
+    (causal LMs; null: the data's): the teacher's own tokenizer, a directory, a ``.gguf``
+    file or ``null`` for byte-level; when it is not the data's, the teacher reads its own
+    tokens of every block (:mod:`softlabel.modules.cross_tokenizer`)."""
+    if tokenizer is not None and not is_causal_lm(datamodule):
+        raise ValueError(
+            f"teacher.tokenizer={tokenizer!r} is for causal LMs (data=text); leave it null"
+        )
+    if tokenizer is None and pretrained is not None and is_causal_lm(datamodule):
+        check_own_tokenizer(str(pretrained), datamodule)  # before the model loads
     teacher, record = frozen_model(
         "teacher",
         datamodule,
@@ -62,6 +78,11 @@ def live_teacher(
         dtype=dtype,
         trust_checkpoint=trust_checkpoint,
     )
+    if tokenizer is not None:
+        provider, aligned = aligned_teacher(teacher, str(tokenizer), datamodule)
+        if not has_other_vocabulary(provider):
+            _check_vocabularies(student, teacher, datamodule)
+        return provider, {**record, **aligned}  # type: ignore[return-value]
     _check_vocabularies(student, teacher, datamodule)
     return LiveTeacher(teacher), record
 
@@ -92,11 +113,14 @@ def cached_teacher(
         verify=verify,
         tail=tail,
     )
+    record = {"teacher_cache": cache_dir, "teacher_sha256": opened.teacher_sha256}
+    if opened.alignment is not None:  # a teacher with another tokenizer
+        counts = {k: opened.alignment[k] for k in ("scored", "aligned")}
+        share = counts["aligned"] / max(counts["scored"], 1)
+        record["teacher_alignment"] = {**counts, "share": round(share, 6)}
+        return AlignedCache(opened), record
     _check_vocabularies(student, int(opened.num_classes), datamodule)
-    return CachedTeacher(opened), {
-        "teacher_cache": cache_dir,
-        "teacher_sha256": opened.teacher_sha256,
-    }
+    return CachedTeacher(opened), record
 
 
 def previous_model(

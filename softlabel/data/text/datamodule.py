@@ -4,6 +4,7 @@ into blocks for causal language modelling, with its loaders and fingerprint."""
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -217,6 +218,15 @@ class TextDataModule(L.LightningDataModule):
     def text_tokenizer(self) -> Any:
         """The tokenizer in use, ``ByteTokenizer`` included (``encode`` / ``decode``)."""
         return self._get("_tokenizer")
+
+    @property
+    def tokenizer_path(self) -> str | None:
+        """The absolute path the tokenizer was given as (``tokenizer``), or None (byte-level,
+        or a tokenizer object)."""
+        spec = self._tokenizer_spec
+        if isinstance(spec, str | os.PathLike):
+            return os.path.abspath(os.path.expanduser(os.fspath(spec)))
+        return None
 
     @property
     def tokenizer_fingerprint(self) -> str:

@@ -9,6 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from softlabel._threads import check_threads
+
 __all__ = [
     "check_hf_model_entry",
     "check_monitors",
@@ -20,19 +22,6 @@ __all__ = [
 
 _HIGHER_IS_BETTER = {"acc", "acc_top5", "auroc"}
 _LOWER_IS_BETTER = {"nll", "ece", "logloss", "loss", "loss_step", "loss_epoch"}
-
-
-def check_threads(cfg: DictConfig) -> int | None:
-    """``cfg.threads``: None (torch's default) or an integer >= 1."""
-    value = cfg.get("threads")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"threads={value!r}; allowed: null (torch's default thread count) or an integer "
-            ">= 1 (torch.set_num_threads), e.g. threads=1"
-        )
-    return value
 
 
 def _is_int(value: Any) -> bool:

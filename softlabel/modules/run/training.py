@@ -21,6 +21,7 @@ from softlabel.modules.build import (
     is_causal_lm,
     lm_generation,
 )
+from softlabel.modules.cross_tokenizer import set_vocabulary_map
 from softlabel.modules.metrics import monitor_for
 from softlabel.modules.run.checks import (
     check_hf_model_entry,
@@ -152,6 +153,8 @@ def _train(
     provider, reference_record = build_reference_provider(
         cfg, loss.source.reference, datamodule, student
     )
+    if lm:  # the hybrid ULD's tokens of both vocabularies, from the two tokenizers
+        set_vocabulary_map(loss.source, provider, datamodule)
     seq_kd_teacher = None
     if generation.get("seq_kd") and provider is None:  # e.g. target=hard: Kim and Rush
         teacher, teacher_record = build_reference_provider(
