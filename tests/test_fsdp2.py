@@ -76,6 +76,9 @@ def overrides(root: Path, name: str, *extra: str) -> list[str]:
         "target=kd",
         "teacher=hf_causal_lm",
         f"teacher.pretrained={root / 'teacher'}",
+        # SGD: its update is proportional to the gradient, so a wrong token normalisation
+        # shows in the weights (AdamW's first step is nearly sign(gradient))
+        "optimizer=sgd",
         "scheduler=none",
         "threads=1",
         "trainer.max_epochs=1",
@@ -97,11 +100,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def sharded(setup):
     """The sharded runs, in two processes: ``step`` (one step, 2 blocks per process),
-    ``accumulate`` (1 block per micro-batch, ``accumulate_grad_batches=2``) and ``resume``
+    ``bf16`` (the same in ``bf16-mixed``), ``accumulate`` (1 block per micro-batch, ``accumulate_grad_batches=2``) and ``resume``
     (a second epoch from ``step``'s last checkpoint)."""
     root = setup
     runs = [
         ("step", ["data.batch_size=2"]),
+        # the config's own precision: bfloat16 gathers under autocast (CPU autocast here)
+        ("bf16", ["data.batch_size=2", "trainer.precision=bf16-mixed"]),
         ("accumulate", ["data.batch_size=1", "trainer.accumulate_grad_batches=2"]),
         (
             "resume",
@@ -165,6 +170,10 @@ def _step_loss(root: Path, name: str) -> float:
     return sum(loss for loss, _ in rows) / sum(tokens for _, tokens in rows)
 
 
+def _probe(root: Path, name: str, rank: int = 0) -> dict:
+    return json.loads((root / "probe" / name / f"rank{rank}.json").read_text())
+
+
 def _student(path: Path) -> dict[str, torch.Tensor]:
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     return {k: v for k, v in state.items() if k.startswith("student.")}
@@ -184,9 +193,16 @@ def _assert_same_weights(got: dict, expected: dict) -> None:
 
 @pytest.mark.slow
 def test_one_kd_step_matches_one_process(sharded, single):
-    probes = sorted((sharded / "probe" / "step").glob("rank*.json"))
-    assert [json.loads(p.read_text())["world_size"] for p in probes] == [2, 2]
+    probes = [_probe(sharded, "step", rank) for rank in (0, 1)]
+    assert [p["world_size"] for p in probes] == [2, 2]
+    for probe in probes:  # FSDP2 wrapped both; between forwards the heads are shards
+        assert probe["student"] is True and probe["teacher"] is True
+        assert probe["student_head"] == probe["teacher_head"] == "DTensor"
+    assert _probe(single, "single")["student"] is False
     assert _step_loss(sharded, "step") == pytest.approx(_step_loss(single, "single"), rel=1e-6)
+    # the gradient the optimizer applied: the mean over the step's tokens, as in one process
+    expected = _probe(single, "single")["grad_norms"][-1]
+    assert probes[0]["grad_norms"][-1] == pytest.approx(expected, rel=1e-5)
     got = _student(sharded / "step" / "checkpoints" / "last.ckpt")
     _assert_same_weights(got, _student(single / "single" / "checkpoints" / "last.ckpt"))
     # the step moved the (tied) head
@@ -195,9 +211,30 @@ def test_one_kd_step_matches_one_process(sharded, single):
 
 
 @pytest.mark.slow
+def test_bf16_mixed_step_stays_close_to_fp32(sharded, single):
+    """trainer=fsdp2's default precision: bfloat16 parameters gathered, fp32 shards and
+    gradient reduction; the step's loss and update within bfloat16's precision."""
+    assert _step_loss(sharded, "bf16") == pytest.approx(_step_loss(single, "single"), rel=2e-2)
+    before = _hf_weights(sharded / "student")
+    got = _student(sharded / "bf16" / "checkpoints" / "last.ckpt")
+    expected = _student(single / "single" / "checkpoints" / "last.ckpt")
+    for key, value in expected.items():
+        assert got[key].dtype == torch.float32  # the sharded parameters stay fp32
+        name = key.removeprefix("student.model.")
+        start = before["transformer.wte.weight" if name == "lm_head.weight" else name]
+        step, fp32_step = got[key] - start, value - start
+        assert (
+            torch.linalg.vector_norm(step - fp32_step)
+            <= 0.05 * torch.linalg.vector_norm(fp32_step) + 1e-6
+        ), key
+
+
+@pytest.mark.slow
 def test_accumulation_matches_one_process(sharded, single):
     rows = json.loads((sharded / "probe" / "accumulate" / "rank0.json").read_text())["rows"]
     assert len(rows) == 2  # two micro-batches of one block on this process
+    expected = _probe(single, "single")["grad_norms"][-1]
+    assert _probe(sharded, "accumulate")["grad_norms"][-1] == pytest.approx(expected, rel=1e-5)
     assert _step_loss(sharded, "accumulate") == pytest.approx(
         _step_loss(single, "single"), rel=1e-6
     )

@@ -349,8 +349,13 @@ class CausalLMModule(SoftLabelModule):
             if self.linear_loss is None:
                 logits = shift_for_causal_lm(self.student(input_ids))
                 return self.aligned_loss(logits, target, taught, reference)
-            hidden = shift_for_causal_lm(self.student.features(input_ids))
-            return self.aligned_loss(hidden, target, taught, reference, self.student.head)
+            aligned = self.aligned_loss
+
+            def aligned_head_loss(hidden: Tensor, head: nn.Linear) -> Tensor:
+                return aligned(shift_for_causal_lm(hidden), target, taught, reference, head)
+
+            # inside the student's forward, where a sharded head weight is gathered
+            return self.student(input_ids, head_loss=aligned_head_loss)
         source_ref = self.loss.source.reference
         if self.linear_loss is not None:
             return self._linear_loss_sum(input_ids, target, index)
