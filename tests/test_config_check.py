@@ -235,7 +235,7 @@ def test_a_recipe_with_misspelt_keys_is_refused_before_anything_is_written(tmp_p
     message = str(refused.value)
     for line in (
         "recipe.yaml: unknown key `job` (did you mean `jobs`?); allowed keys at the top "
-        "level: base, dry_run, env, extra, headline, jobs, launch, log_tail_lines, methods,",
+        "level: base, baseline, dry_run, env, extra, headline, jobs, launch, log_tail_lines,",
         "recipe.yaml: unknown key `seedz` (did you mean `seeds`?)",
         "recipe.yaml: unknown key `methods.kd.teachr` (did you mean `teacher`?); allowed "
         "keys under `methods.kd`: overrides, previous, teacher",

@@ -18,6 +18,7 @@ LAYERS = (
         "softlabel._io",
         "softlabel._conf",
         "softlabel._hf_files",
+        "softlabel._manifest",
         "softlabel._threads",
         "softlabel.schedules",
         "softlabel.kernels",

@@ -275,19 +275,7 @@ def _compare(
                     f"{name} of run {run}: {count} test examples had probability 0 of their "
                     "label in float32; counted as -log(1.4e-45) = 103.3."
                 )
-            rows.append(
-                {
-                    **common,
-                    "metric": name,
-                    "difference": result.difference,
-                    "ci_low": result.ci_low,
-                    "ci_high": result.ci_high,
-                    "p_value": result.p_value,
-                    "n_examples": n_examples,
-                    "resampled": EXAMPLES,
-                    "test": result.test,
-                }
-            )
+            rows.append(_row(common, name, result, n_examples, EXAMPLES))
     for name in metrics:
         if name in per_example:
             continue
@@ -305,21 +293,26 @@ def _compare(
         if not np.all(np.isfinite(d)):
             continue
         result = seed_differences(d, settings)
-        rows.append(
-            {
-                **common,
-                "metric": name,
-                "difference": result.difference,
-                "ci_low": result.ci_low,
-                "ci_high": result.ci_high,
-                "p_value": result.p_value,
-                "n_examples": None,
-                "resampled": SEEDS_ONLY,
-                "test": result.test,
-            }
-        )
+        rows.append(_row(common, name, result, None, SEEDS_ONLY))
     order = {name: i for i, name in enumerate(metrics)}
     return sorted(rows, key=lambda row: order[row["metric"]])
+
+
+def _row(
+    common: dict, metric: str, result: PairedResult, n_examples: int | None, resampled: str
+) -> dict:
+    """One row of differences.csv: the pairing's ``common`` columns and ``result``."""
+    return {
+        **common,
+        "metric": metric,
+        "difference": result.difference,
+        "ci_low": result.ci_low,
+        "ci_high": result.ci_high,
+        "p_value": result.p_value,
+        "n_examples": n_examples,
+        "resampled": resampled,
+        "test": result.test,
+    }
 
 
 @dataclass(frozen=True)
