@@ -264,36 +264,51 @@ def test_hf_model_export_equals_the_one_process_export(sharded, single):
 
 
 # ------------------------------------------------------------ refusals, in this process
-def test_a_model_without_known_blocks_is_refused_by_name():
-    from softlabel.models.hf import hf_causal_lm
-    from softlabel.modules.sharding import blocks_to_shard
-
-    model = hf_causal_lm(config={**STUDENT, "n_positions": 8}, num_classes=11)
-    assert len(blocks_to_shard(model, "student")) == 2  # GPT2Block x 2
-    model.model._no_split_modules = None  # a model type transformers names no blocks for
-    with pytest.raises(ValueError, match=r"trainer=fsdp2 .* cannot shard the student .*'gpt2'"):
-        blocks_to_shard(model, "student")
-
-
-def test_tensor_parallelism_is_refused_by_name():
+def _lm_module(student, teacher=None):
     import functools
 
     from softlabel import SoftTargetLoss
-    from softlabel.models.hf import hf_causal_lm
     from softlabel.modules.lm_module import CausalLMModule
-    from softlabel.targets import Hard
+    from softlabel.modules.references import LiveTeacher
+    from softlabel.targets import Hard, Teacher
 
+    return CausalLMModule(
+        student,
+        SoftTargetLoss(Hard() if teacher is None else Teacher()),
+        optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+        reference_provider=None if teacher is None else LiveTeacher(teacher),
+        vocab_size=11,
+    )
+
+
+def test_a_model_without_known_blocks_is_refused_by_name():
+    """Refused by the module's check (run before the processes start), naming the
+    setting, the role and the model type: the student's, then a live teacher's."""
+    from softlabel.models.hf import hf_causal_lm
+    from softlabel.modules.sharding import blocks_to_shard
+
+    def tiny():
+        return hf_causal_lm(config={**STUDENT, "n_positions": 8}, num_classes=11)
+
+    model, teacher = tiny(), tiny()
+    assert len(blocks_to_shard(model, "student")) == 2  # GPT2Block x 2
+    _lm_module(model, teacher).check_shardable()
+    teacher.model._no_split_modules = None  # a model type transformers names no blocks for
+    with pytest.raises(ValueError, match=r"trainer=fsdp2 .* cannot shard the teacher .*'gpt2'"):
+        _lm_module(model, teacher).check_shardable()
+    model.model._no_split_modules = None
+    with pytest.raises(ValueError, match=r"trainer=fsdp2 .* cannot shard the student .*'gpt2'"):
+        _lm_module(model).check_shardable()
+
+
+def test_tensor_parallelism_is_refused_by_name():
     class Mesh:  # the two dimensions of the strategy's device mesh
         def __getitem__(self, name):
             return type("Dim", (), {"size": lambda self: 2 if name == "tensor_parallel" else 1})()
 
-    student = hf_causal_lm(config={**STUDENT, "n_positions": 8}, num_classes=11)
-    module = CausalLMModule(
-        student,
-        SoftTargetLoss(Hard()),
-        optimizer=functools.partial(torch.optim.SGD, lr=0.1),
-        vocab_size=11,
-    )
+    from softlabel.models.hf import hf_causal_lm
+
+    module = _lm_module(hf_causal_lm(config={**STUDENT, "n_positions": 8}, num_classes=11))
     module._device_mesh = Mesh()
     with pytest.raises(ValueError, match=r"trainer.strategy.tensor_parallel_size=2"):
         module.configure_model()
