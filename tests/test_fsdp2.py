@@ -214,7 +214,7 @@ def test_one_kd_step_matches_one_process(sharded, single):
 def test_bf16_mixed_step_stays_close_to_fp32(sharded, single):
     """trainer=fsdp2's default precision: bfloat16 parameters gathered, fp32 shards and
     gradient reduction; the step's loss and update within bfloat16's precision."""
-    assert _step_loss(sharded, "bf16") == pytest.approx(_step_loss(single, "single"), rel=2e-2)
+    assert _step_loss(sharded, "bf16") == pytest.approx(_step_loss(single, "single"), rel=1e-3)
     before = _hf_weights(sharded / "student")
     got = _student(sharded / "bf16" / "checkpoints" / "last.ckpt")
     expected = _student(single / "single" / "checkpoints" / "last.ckpt")
