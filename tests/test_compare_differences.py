@@ -134,6 +134,39 @@ def test_the_baseline_is_checked_before_anything_trains(tmp_path: Path) -> None:
         compare({**config, "baseline": None, "stats": {"level": 2}})
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("baseline=kdd", r"baseline 'kdd' is not a compared method"),
+        ("stats.level=95", "stats.level"),
+    ],
+)
+def test_the_command_refuses_a_bad_baseline_before_writing_out(
+    tmp_path: Path, monkeypatch, override: str, message: str
+) -> None:
+    """The Hydra form checks the baseline and the stats settings with the plan, before
+    Hydra creates ``out`` (it used to leave ``out/.hydra`` behind)."""
+    import sys
+
+    from softlabel.compare.cli import main
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "recipe.yaml").write_text(
+        "defaults: [compare/base, _self_]\nname: bad\nseeds: [0]\n"
+        "methods: {hard: [target=hard], ls: [target=ls]}\n"
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    argv = ["softlabel-compare", "--config-dir", str(configs), "--config-name", "recipe"]
+    monkeypatch.setattr(sys, "argv", [*argv, override])
+    with pytest.raises(Exception, match=message):  # Hydra's ConfigCompositionException
+        main()
+    assert list(work.iterdir()) == []
+
+
 def test_seeds_without_a_baseline_run_are_dropped_and_listed(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     for seed in (0, 1):

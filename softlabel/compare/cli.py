@@ -215,12 +215,15 @@ def _job(cfg) -> None:
 
 def _check(cfg) -> None:
     """The plan checked before Hydra writes ``out`` (method and pretrained entries, seeds,
-    launch, headline, threads, ...)."""
+    launch, headline, threads, ...), the ``stats`` settings and the baseline."""
+    from .differences import StatsSettings, check_baseline
     from .plan import plan_from_config
 
     config = _config(cfg)
+    StatsSettings.from_config(config.get("stats"))
     if not config.get("runs"):
-        plan_from_config(config)
+        plan = plan_from_config(config)
+        check_baseline(config.get("baseline"), [m.name for m in plan.methods])
 
 
 def _hydra_main() -> None:

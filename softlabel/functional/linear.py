@@ -35,7 +35,7 @@ from softlabel.kernels.checks import (
     Positions,
     check_alpha,
     check_chunk_rows,
-    check_finite,
+    check_finite_rows,
     check_head,
     check_previous,
     check_prior,
@@ -139,49 +139,30 @@ def spec_head_loss(
 
 
 def _check_finite_loss(per_row: Tensor, head: LinearHead, teacher: Any) -> None:
-    """Raise if a counted position's loss is not finite, naming the input that made it so:
-    that position's hidden row (student, then teacher), a dense teacher's logits, else a
-    non-finite head parameter, else the logits overflowed. One pass over ``per_row``; the rest
-    only on the error path."""
-    finite = torch.isfinite(per_row)
-    if bool(finite.all()):
-        return
-    first = int((~finite).flatten().nonzero()[0])
-    position = tuple(int(i) for i in torch.unravel_index(torch.tensor(first), per_row.shape))
+    """The one finiteness rule (``check_finite_rows``) on a linear head's per-row loss: the
+    position's hidden row (student, then teacher), a dense teacher's logits, then the head
+    parameters, else the logits overflowed (their largest ``|value|`` recomputed from the
+    hidden rows)."""
     heads = {"": head}
     if isinstance(teacher, LinearHead):
         heads["teacher_"] = teacher
-    for prefix, part in heads.items():
-        row = part.hidden.reshape(-1, part.hidden.shape[-1])[first]
-        bad = ~torch.isfinite(row)
-        if bool(bad.any()):
-            j = int(bad.nonzero()[0])
-            raise ValueError(
-                f"{prefix}hidden must be finite (no NaN or inf), got {row[j].item()} at "
-                f"position {position + (j,)}"
-            )
+    rows: dict[str, Tensor | None] = {f"{p}hidden": part.hidden for p, part in heads.items()}
     if isinstance(teacher, Tensor):
-        row = teacher.reshape(-1, teacher.shape[-1])[first]
-        bad = ~torch.isfinite(row)
-        if bool(bad.any()):
-            j = int(bad.nonzero()[0])
-            raise ValueError(
-                f"teacher_logits must be finite (no NaN or inf), got {row[j].item()} at "
-                f"position {position + (j,)}"
-            )
+        rows["teacher_logits"] = teacher
+    tensors: dict[str, Tensor | None] = {}
     for prefix, part in heads.items():
-        check_finite(f"{prefix}weight", part.weight)
-        if part.bias is not None:
-            check_finite(f"{prefix}bias", part.bias)
-    largest = 0.0
-    for part in heads.values():
-        row = part.hidden.reshape(-1, part.hidden.shape[-1])[first : first + 1]
-        logits = LinearHead(row, part.weight, part.bias).logits()
-        largest = max(largest, float(logits.detach().abs().max()))
-    raise ValueError(
-        f"the loss overflowed at position {position} with finite inputs: the logits are too "
-        f"large for the compute dtype (largest |logit| in that row: {largest})"
-    )
+        tensors[f"{prefix}weight"] = part.weight
+        tensors[f"{prefix}bias"] = part.bias
+
+    def largest(first: int) -> float:
+        value = 0.0
+        for part in heads.values():
+            row = part.hidden.reshape(-1, part.hidden.shape[-1])[first : first + 1]
+            logits = LinearHead(row, part.weight, part.bias).logits()
+            value = max(value, float(logits.detach().abs().max()))
+        return value
+
+    check_finite_rows(per_row, rows, tensors=tensors, largest=largest)
 
 
 def _options(ignore_index, reduction, class_weight, chunk_rows) -> dict[str, Any]:

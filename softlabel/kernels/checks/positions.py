@@ -3,7 +3,7 @@ priors, previous probabilities, probability rows."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,12 +79,22 @@ def check_finite(name: str, values: Tensor) -> None:
         )
 
 
-def check_finite_rows(per_row: Tensor, rows: dict[str, Tensor | None]) -> None:
+def check_finite_rows(
+    per_row: Tensor,
+    rows: dict[str, Tensor | None],
+    *,
+    tensors: dict[str, Tensor | None] | None = None,
+    largest: Callable[[int], float] | None = None,
+) -> None:
     """Raise if a per-position loss is not finite, naming the input that made it so.
 
     ``per_row`` has the positions' shape (0 at ignored positions); ``rows`` maps argument
-    names to tensors ``(..., K)`` with one row per position. Cost: one pass over ``per_row``;
-    the rows are only read on the error path.
+    names to tensors ``(..., K)`` with one row per position. When no row holds a NaN or inf,
+    ``tensors`` (whole arguments such as a head's weight and bias) are checked next; else
+    the loss overflowed, and the message gives the largest ``|logit|`` of that row:
+    ``largest(flat position)`` when given (a linear head computes it from its hidden row),
+    else the largest value of the rows. Cost: one pass over ``per_row``; the rest only on
+    the error path.
     """
     finite = torch.isfinite(per_row)
     if bool(finite.all()):
@@ -102,9 +112,13 @@ def check_finite_rows(per_row: Tensor, rows: dict[str, Tensor | None]) -> None:
                 f"{name} must be finite (no NaN or inf), got {row[k].item()} at position "
                 f"{position + (k,)}"
             )
+    for name, tensor in (tensors or {}).items():
+        if tensor is not None:
+            check_finite(name, tensor)
+    value = largest(first) if largest is not None else _row_abs_max(rows, first)
     raise ValueError(
         f"the loss overflowed at position {position} with finite inputs: the logits are too "
-        f"large for the compute dtype (largest |logit| in that row: {_row_abs_max(rows, first)})"
+        f"large for the compute dtype (largest |logit| in that row: {value})"
     )
 
 
