@@ -198,6 +198,13 @@ def test_trainer_configs(option, tmp_path):
             return
     trainer = instantiate(cfg.trainer, accelerator="cpu", logger=False, default_root_dir=tmp_path)
     assert isinstance(trainer, L.Trainer) and trainer.max_epochs == cfg.trainer.max_epochs
+    if option == "fsdp2":  # one data-parallel group over every process, one checkpoint file
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        assert isinstance(trainer.strategy, ModelParallelStrategy)
+        node = cfg.trainer.strategy
+        assert node.data_parallel_size == cfg.trainer.devices == 2
+        assert node.tensor_parallel_size == 1 and node.save_distributed_checkpoint is False
 
 
 @pytest.mark.parametrize("option", _options("logger"))

@@ -8,7 +8,8 @@ and never code from the directory: ``softlabel._hf_files``) or from a config (``
 - ``model(input_ids)`` -> logits ``(B, L, V)``;
 - ``model.features(input_ids)`` -> final hidden states ``(B, L, H)`` and ``model.head``
   the output projection, so that the linear-head loss never builds the ``(B, L, V)``
-  logits (``softlabel.LinearSoftTargetLoss``);
+  logits (``softlabel.LinearSoftTargetLoss``); ``model(input_ids, head_loss=fn)`` runs
+  ``fn(features, head)`` inside the forward, which a sharded model needs;
 - ``model.save_pretrained(dir)`` writes the Hugging Face format.
 
 ``transformers`` is an optional dependency (``pip install softlabel[hf]``), imported only
@@ -18,7 +19,7 @@ when a model is built.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -83,7 +84,18 @@ class CausalLM(nn.Module):
             )
         return head
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        head_loss: Callable[[Tensor, nn.Linear], Any] | None = None,
+    ) -> Any:
+        """The logits ``(B, L, V)``; with ``head_loss``, ``head_loss(features, head)``
+        instead, computed inside this forward: where a sharded model (FSDP2) has gathered
+        its head weight, so that the linear-head loss reads the whole weight and its
+        gradient reaches the shards (Liger-Kernel and TRL run fused losses the same way)."""
+        if head_loss is not None:
+            return head_loss(self.features(input_ids, attention_mask), self.head)
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -107,10 +119,25 @@ class CausalLM(nn.Module):
         self.train(was_training)
         return self.linear_head
 
-    def save_pretrained(self, directory: str, tokenizer: Any = None) -> None:
+    def save_pretrained(
+        self, directory: str, tokenizer: Any = None, state_dict: Mapping[str, Tensor] | None = None
+    ) -> None:
         """Hugging Face format (``config.json``, safetensors weights; the tokenizer too when
-        given), loadable with ``AutoModelForCausalLM.from_pretrained(directory)``."""
-        self.model.save_pretrained(directory, safe_serialization=True)
+        given), loadable with ``AutoModelForCausalLM.from_pretrained(directory)``.
+        ``state_dict``: this module's weights to write instead of its own (e.g. a sharded
+        model's, gathered: ``softlabel.modules.sharding.full_state_dict``)."""
+        extra = {}
+        if state_dict is not None:
+            weights = {k.removeprefix("model."): v for k, v in state_dict.items()}
+            # a tied parameter (a head tied to the input embedding) is one tensor under all
+            # its names, as in the model's own state dict, so it is written once
+            first: dict[int, str] = {}
+            for name, param in self.model.named_parameters(remove_duplicate=False):
+                key = first.setdefault(id(param), name)
+                if key != name and key in weights:
+                    weights[name] = weights[key]
+            extra["state_dict"] = weights
+        self.model.save_pretrained(directory, safe_serialization=True, **extra)
         if tokenizer is not None and callable(getattr(tokenizer, "save_pretrained", None)):
             tokenizer.save_pretrained(directory)
 

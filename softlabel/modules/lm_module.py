@@ -6,7 +6,9 @@ transformers' ``ForCausalLMLoss``: the logits at positions ``0..L-2`` are scored
 ``labels[:, 1:]``. The student's head runs inside the linear-head loss
 (``softlabel.LinearSoftTargetLoss``: no ``(B, L, V)`` logits with gradients) whenever the
 model and the target source allow it; a live teacher then gives its final hidden states
-and head weight.
+and head weight. Both are read inside the models' forwards (``head_loss``), where a model
+sharded with FSDP2 (``trainer=fsdp2``, :meth:`CausalLMModule.configure_model`) has
+gathered them.
 
 Loss normalisation: the training loss is the token-summed loss divided by the number of
 non-ignored tokens of the whole optimizer step, over every micro-batch of gradient
@@ -75,7 +77,9 @@ def _warn_once(message: str) -> None:
 
 class CausalLMModule(SoftLabelModule):
     """Train a causal LM ``student`` (``softlabel.models.CausalLM`` or any module with
-    ``forward(input_ids) -> (B, L, V)``) with ``loss`` (a ``SoftTargetLoss``).
+    ``forward(input_ids) -> (B, L, V)``) with ``loss`` (a ``SoftTargetLoss``). A model
+    with ``linear_head`` True also takes ``forward(input_ids, head_loss=fn)`` and returns
+    ``fn(features, head)`` (``CausalLM``).
 
     ``vocab_size``: the number of logits scored (the student's). ``teacher_vocab``: how many
     of the teacher's logits to use (``vocab_size`` when the teacher's vocabulary is a padded
@@ -261,6 +265,68 @@ class CausalLMModule(SoftLabelModule):
             return None
         return model
 
+    # ---------------------------------------------------------------- sharding
+    def _frozen_model(self) -> tuple[nn.Module, str] | None:
+        """``(model, role)`` of the frozen model the provider runs (a live teacher, a
+        previous model), or None."""
+        provider = self.reference_provider
+        if isinstance(provider, FrozenModelProvider):
+            return provider.model, provider.role
+        return None
+
+    def check_shardable(self) -> None:
+        """Refuse, naming the setting, a run that ``trainer=fsdp2`` cannot shard: generated
+        batches (transformers' ``generate`` calls the model outside its sharded forward) and
+        models without known transformer blocks (``softlabel.modules.sharding``)."""
+        from softlabel.modules.sharding import FSDP2_SETTING, blocks_to_shard
+
+        if self.on_policy_fraction > 0 or self.seq_kd:
+            name = "lm.on_policy.fraction" if self.on_policy_fraction > 0 else "lm.seq_kd"
+            raise ValueError(
+                f"{name} with {FSDP2_SETTING}: transformers' generate runs the model outside "
+                "its sharded forward, so generated batches are not sharded; train them with "
+                "trainer=ddp (or trainer=gpu)"
+            )
+        blocks_to_shard(self.student, "student")
+        frozen = self._frozen_model()
+        if frozen is not None:
+            blocks_to_shard(*frozen)
+
+    def configure_model(self) -> None:
+        """Under Lightning's ``ModelParallelStrategy`` (``trainer=fsdp2``): shard the
+        student and the frozen model of a live teacher or previous model with FSDP2 over
+        the data-parallel mesh, in ``trainer.precision``'s mixed precision
+        (``softlabel.modules.sharding``). Nothing under any other strategy."""
+        mesh = self.device_mesh
+        if mesh is None:
+            return
+        from softlabel.modules.sharding import (
+            FSDP2_SETTING,
+            is_sharded,
+            mixed_precision_policy,
+            shard_causal_lm,
+        )
+
+        if is_sharded(self.student):  # Lightning calls it again to validate and test
+            return
+        if mesh["tensor_parallel"].size() != 1:
+            raise ValueError(
+                f"trainer.strategy.tensor_parallel_size={mesh['tensor_parallel'].size()} with "
+                f"{FSDP2_SETTING}: softlabel shards data-parallel only; set "
+                "trainer.strategy.tensor_parallel_size=1 and data_parallel_size to the "
+                "number of processes"
+            )
+        self.check_shardable()
+        policy = mixed_precision_policy(self.trainer.precision)
+        shard_causal_lm(self.student, mesh["data_parallel"], policy, "student")
+        frozen = self._frozen_model()
+        if frozen is not None:
+            shard_causal_lm(frozen[0], mesh["data_parallel"], policy, frozen[1])
+        # The frozen model's weights are never in a checkpoint, so Lightning's loader of a
+        # sharded module must not require them; the student's keys are checked before
+        # training (softlabel.modules.run.resume) and the run writes its own checkpoints.
+        self.strict_loading = False
+
     # ----------------------------------------------------------------- forward
     def forward(self, input_ids: Tensor) -> Tensor:
         """Student logits ``(B, L, V)``."""
@@ -283,26 +349,16 @@ class CausalLMModule(SoftLabelModule):
             if self.linear_loss is None:
                 logits = shift_for_causal_lm(self.student(input_ids))
                 return self.aligned_loss(logits, target, taught, reference)
-            hidden = shift_for_causal_lm(self.student.features(input_ids))
-            return self.aligned_loss(hidden, target, taught, reference, self.student.head)
+            aligned = self.aligned_loss
+
+            def aligned_head_loss(hidden: Tensor, head: nn.Linear) -> Tensor:
+                return aligned(shift_for_causal_lm(hidden), target, taught, reference, head)
+
+            # inside the student's forward, where a sharded head weight is gathered
+            return self.student(input_ids, head_loss=aligned_head_loss)
         source_ref = self.loss.source.reference
         if self.linear_loss is not None:
-            head = self.student.head
-            hidden = shift_for_causal_lm(self.student.features(input_ids))
-            extra: dict[str, Any] = {}
-            teacher = self._live_teacher() if source_ref == "teacher_logits" else None
-            if source_ref == "teacher_logits" and teacher is None:  # a cache: dense or top-k
-                extra["teacher_logits"] = self._reference(input_ids, index)
-            elif source_ref == "teacher_logits":
-                with torch.no_grad():
-                    extra["teacher_hidden"] = shift_for_causal_lm(teacher.features(input_ids))
-                t_head = teacher.head
-                extra["teacher_weight"] = t_head.weight.detach()[: self.vocab_size]
-                if t_head.bias is not None:
-                    extra["teacher_bias"] = t_head.bias.detach()[: self.vocab_size]
-            elif source_ref == "previous_probs":
-                extra["previous_probs"] = self._reference(input_ids, index)
-            return self.linear_loss(hidden, head.weight, target, head.bias, **extra)
+            return self._linear_loss_sum(input_ids, target, index)
         logits = shift_for_causal_lm(self.student(input_ids))
         reference = None if source_ref is None else self._reference(input_ids, index)
         loss = self.sum_loss(logits, target, reference)
@@ -310,6 +366,37 @@ class CausalLMModule(SoftLabelModule):
             keep = target != IGNORE_INDEX
             self.loss.source.on_train_batch_end(logits.detach()[keep], target[keep])
         return loss
+
+    def _linear_loss_sum(self, input_ids: Tensor, target: Tensor, index: Tensor) -> Tensor:
+        """The linear-head loss, run inside the student's forward (and a live teacher's:
+        ``CausalLM.forward(..., head_loss=fn)``), where a sharded model's head weight is
+        gathered; without sharding the same calls read the weights in place."""
+        assert self.linear_loss is not None
+        linear_loss, vocab = self.linear_loss, self.vocab_size
+        source_ref = self.loss.source.reference
+        teacher = self._live_teacher() if source_ref == "teacher_logits" else None
+        extra: dict[str, Any] = {}
+        if source_ref == "teacher_logits" and teacher is None:  # a cache: dense or top-k
+            extra["teacher_logits"] = self._reference(input_ids, index)
+        elif source_ref == "previous_probs":
+            extra["previous_probs"] = self._reference(input_ids, index)
+
+        def student_loss(hidden: Tensor, head: nn.Linear) -> Tensor:
+            hidden = shift_for_causal_lm(hidden)
+            return linear_loss(hidden, head.weight, target, head.bias, **extra)
+
+        if teacher is None:
+            return self.student(input_ids, head_loss=student_loss)
+
+        def with_teacher(t_hidden: Tensor, t_head: nn.Linear) -> Tensor:
+            # the frozen teacher's parameters need no gradient: its forward records nothing
+            extra["teacher_hidden"] = shift_for_causal_lm(t_hidden.detach())
+            extra["teacher_weight"] = t_head.weight.detach()[:vocab]
+            if t_head.bias is not None:
+                extra["teacher_bias"] = t_head.bias.detach()[:vocab]
+            return self.student(input_ids, head_loss=student_loss)
+
+        return teacher(input_ids, head_loss=with_teacher)
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:

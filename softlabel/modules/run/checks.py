@@ -1,6 +1,6 @@
 """The checks of a training run's settings, made before anything in the run directory
-changes: thread count, run length, split sizes, monitored metrics and the run directory's
-``hf_model`` entry."""
+changes: thread count, run length, split sizes, monitored metrics, what a sharded run can
+shard and the run directory's ``hf_model`` entry."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ __all__ = [
     "check_hf_model_entry",
     "check_monitors",
     "check_run_length",
+    "check_sharding",
     "check_splits",
     "check_threads",
 ]
@@ -163,3 +164,32 @@ def check_hf_model_entry(output_dir: str, name: str) -> None:
             f"model to {name}/ in the run directory; move that file or use another run "
             "directory (hydra.run.dir)"
         )
+
+
+def check_sharding(trainer: Any, module: Any) -> None:
+    """Under ``trainer=fsdp2`` (Lightning's ``ModelParallelStrategy``), refuse before any
+    process starts what cannot be sharded: a module that shards nothing (only causal LMs
+    do), what its ``check_shardable`` refuses, and checkpoints written as directories of
+    shards."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from softlabel.modules.sharding import FSDP2_SETTING
+
+    if not isinstance(trainer.strategy, ModelParallelStrategy):
+        return
+    if getattr(trainer.strategy, "_save_distributed_checkpoint", False):
+        raise ValueError(
+            "trainer.strategy.save_distributed_checkpoint=true writes each checkpoint as a "
+            "directory of shards, which resuming (ckpt_path), the evaluation of the best "
+            "checkpoint and teacher.checkpoint do not read; set it to false (rank 0 writes "
+            "one file with the whole model and optimizer state)"
+        )
+    check = getattr(module, "check_shardable", None)
+    if not callable(check):
+        student = type(getattr(module, "student", module)).__name__
+        raise ValueError(
+            f"{FSDP2_SETTING} shards causal language models (data=text with "
+            f"student=hf_causal_lm); this run trains a {student} on "
+            f"{getattr(module, 'task', 'other')} data: use trainer=ddp"
+        )
+    check()

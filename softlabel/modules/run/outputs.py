@@ -63,12 +63,15 @@ def save_test_predictions(module: Any, datamodule: Any, path: str) -> None:
     atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
 
 
-def save_hf_model(model: nn.Module, tokenizer: Any, directory: str) -> str | None:
+def save_hf_model(
+    model: nn.Module, tokenizer: Any, directory: str, state_dict: dict[str, Any] | None = None
+) -> str | None:
     """Write ``model`` in Hugging Face format to ``directory`` atomically (a temporary
     sibling, given the umask's permissions, renamed into place; a previous directory there
     is replaced); returns the directory, or None when the model has no
-    ``save_pretrained``. A symbolic link or a file at ``directory`` is refused, never
-    followed."""
+    ``save_pretrained``. ``state_dict``: the weights to write instead of the model's own (a
+    sharded model's, gathered). A symbolic link or a file at ``directory`` is refused,
+    never followed."""
     save = getattr(model, "save_pretrained", None)
     if not callable(save):
         return None
@@ -82,7 +85,7 @@ def save_hf_model(model: nn.Module, tokenizer: Any, directory: str) -> str | Non
     tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
     old = None
     try:
-        save(tmp, tokenizer=tokenizer)
+        save(tmp, tokenizer=tokenizer, **({} if state_dict is None else {"state_dict": state_dict}))
         # mkdtemp makes 0700, and the weights file comes out 0600: give the umask's modes
         for root, _dirs, files in os.walk(tmp):
             os.chmod(root, umask_mode(0o777))

@@ -27,6 +27,7 @@ from softlabel.modules.run.checks import (
     check_hf_model_entry,
     check_monitors,
     check_run_length,
+    check_sharding,
     check_splits,
     check_threads,
 )
@@ -43,6 +44,7 @@ from softlabel.modules.run.outputs import (
 from softlabel.modules.run.resume import read_resume_checkpoint
 from softlabel.modules.run.trainer import build_logger, build_trainer
 from softlabel.modules.rundir import HydraFiles, RunLock, is_launch_rank_zero
+from softlabel.modules.sharding import full_state_dict, is_sharded
 
 __all__ = ["run_training"]
 
@@ -170,6 +172,7 @@ def _train(
     logger = build_logger(cfg, output_dir, resume_step)
     run.logger, run.hparams = logger, OmegaConf.to_container(cfg, resolve=True)
     trainer = build_trainer(cfg, output_dir, monitor, logger, run.mark)
+    check_sharding(trainer, module)
     # Lightning restores a resumed run's state inside fit; the module refuses a schedule of
     # another length there, before training starts and before anything is written.
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -202,11 +205,13 @@ def _train(
     )
     if getattr(module, "generation", None) is not None:
         record["generation_time_s"] = round(float(module.generation_time_s), 3)
+    # a sharded student is gathered by every rank, then written by rank 0 (None: as it is)
+    weights = full_state_dict(student) if lm and is_sharded(student) else None
     if lm and trainer.is_global_zero:
         # the module holds the val-selected weights here (see below), else the final ones
         hf_dir = os.path.join(output_dir, HF_MODEL_DIR)
         tokenizer = getattr(datamodule, "text_tokenizer", None)  # byte-level or Hugging Face
-        if save_hf_model(student, tokenizer, hf_dir):
+        if save_hf_model(student, tokenizer, hf_dir, state_dict=weights):
             record["hf_model"] = {"dir": HF_MODEL_DIR, "weights": "best" if best else "last"}
     if trainer.is_global_zero:
         if save_predictions:
