@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 from softlabel.data.augment import BatchAugmentation, check_image_shape
 from softlabel.data.datasets import (
     MIN_STD,
-    EpochShuffleSampler,
     IndexedArrayDataset,
+    epoch_loader,
     feature_statistics,
 )
 from softlabel.data.noise import flip_labels, parse_label_noise
@@ -345,17 +345,14 @@ class SoftLabelDataModule(L.LightningDataModule):
         return self._dataset(getattr(self.split, split), self._labels_used)
 
     def _loader(self, dataset, shuffle: bool = False) -> DataLoader:
-        sampler = None
-        if shuffle:
-            # an augmented dataset needs the epoch with each key (workers hold copies)
-            with_epoch = dataset.augmentation is not None
-            sampler = EpochShuffleSampler(len(dataset), self.shuffle_seed, with_epoch=with_epoch)
-        return DataLoader(
+        # an augmented dataset needs the epoch with each key (workers hold copies)
+        return epoch_loader(
             dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            self.batch_size,
+            self.num_workers,
+            self.shuffle_seed,
+            shuffle=shuffle,
+            with_epoch=dataset.augmentation is not None,
         )
 
     def train_dataloader(self) -> DataLoader:

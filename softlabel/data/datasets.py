@@ -151,3 +151,23 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.n
+
+
+def epoch_loader(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    shuffle_seed: int,
+    shuffle: bool = False,
+    with_epoch: bool = False,
+) -> torch.utils.data.DataLoader:
+    """The DataModules' loader: in order, or shuffled per epoch by :class:`EpochShuffleSampler`
+    (``with_epoch``: the sampler's keys carry the epoch to the dataset's augmentation)."""
+    sampler = EpochShuffleSampler(len(dataset), shuffle_seed, with_epoch=with_epoch)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler if shuffle else None,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )

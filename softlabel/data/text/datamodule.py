@@ -13,7 +13,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
-from softlabel.data.datasets import EpochShuffleSampler
+from softlabel.data.datasets import epoch_loader
 from softlabel.data.splits import Split, check_fraction
 from softlabel.data.text.packing import PackedBlocks, pack_documents
 from softlabel.data.text.readers import expand_files, read_documents
@@ -304,13 +304,8 @@ class TextDataModule(L.LightningDataModule):
         return self.split_dataset("all")
 
     def _loader(self, dataset: PackedBlocks, shuffle: bool = False) -> DataLoader:
-        sampler = EpochShuffleSampler(len(dataset), self.shuffle_seed) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+        return epoch_loader(
+            dataset, self.batch_size, self.num_workers, self.shuffle_seed, shuffle=shuffle
         )
 
     def train_dataloader(self) -> DataLoader:
