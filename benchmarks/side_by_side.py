@@ -15,6 +15,7 @@ the median of each ratio column for the base and for this checkout and their quo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import statistics
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +64,25 @@ def run(script_args: list[str], tree: Path) -> str:
     return done.stdout
 
 
+@contextlib.contextmanager
+def base_worktree(revision: str) -> Iterator[Path]:
+    """A temporary ``git worktree`` of ``revision`` (removed afterwards)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "base"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(tree), revision],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        try:
+            yield tree
+        finally:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False
+            )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the earlier revision (a git ref)")
@@ -70,25 +91,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     script = [a for a in args.script if a != "--"]
     runs: dict[str, list[dict]] = defaultdict(list)
-    with tempfile.TemporaryDirectory() as tmp:
-        base_tree = Path(tmp) / "base"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(base_tree), args.base],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        try:
-            for round_index in range(args.rounds):
-                order = ("base", "new") if round_index % 2 == 0 else ("new", "base")
-                for name in order:
-                    tree = base_tree if name == "base" else ROOT
-                    print(f"round {round_index}: {name}", file=sys.stderr, flush=True)
-                    runs[name].append(parse_tables(run(script, tree)))
-        finally:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(base_tree)], cwd=ROOT, check=False
-            )
+    with base_worktree(args.base) as base_tree:
+        for round_index in range(args.rounds):
+            order = ("base", "new") if round_index % 2 == 0 else ("new", "base")
+            for name in order:
+                tree = base_tree if name == "base" else ROOT
+                print(f"round {round_index}: {name}", file=sys.stderr, flush=True)
+                runs[name].append(parse_tables(run(script, tree)))
     print(f"base {args.base} against this checkout, {args.rounds} runs each: {' '.join(script)}")
     print()
     print("| table | variant | column | base | new | new / base |")
