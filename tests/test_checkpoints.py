@@ -222,3 +222,34 @@ def test_training_with_a_directory_as_teacher_says_it_is_a_directory(tmp_path):
     datamodule.setup("fit")
     with pytest.raises(IsADirectoryError, match=r"teacher checkpoint .* is a directory"):
         build_reference_provider(cfg, "teacher_logits", datamodule)
+
+
+def test_a_live_teacher_leaves_the_students_initial_weights_as_without_one(tmp_path, monkeypatch):
+    """At one seed a distilled student starts where the hard-label student starts: the
+    student is built before the teacher, whose construction draws random numbers."""
+    from softlabel.modules.run import training
+
+    kd = _compose("target=kd", "teacher=mlp_small")
+    datamodule = build_datamodule(kd)
+    datamodule.setup("fit")
+    teacher_file = tmp_path / "teacher.pt"
+    torch.save(build_model(kd.teacher.model, datamodule).state_dict(), teacher_file)
+    kd.teacher.checkpoint = str(teacher_file)
+
+    class Built(Exception):
+        pass
+
+    initial = []
+
+    def capture(cfg, datamodule, student, *args, **kwargs):
+        initial.append({k: v.clone() for k, v in student.state_dict().items()})
+        raise Built
+
+    monkeypatch.setattr(training, "build_module", capture)
+    for i, cfg in enumerate((_compose("target=hard"), kd)):
+        with pytest.raises(Built):
+            train(cfg, tmp_path / f"run{i}")
+    hard, distilled = initial
+    assert hard.keys() == distilled.keys()
+    for name in hard:
+        assert torch.equal(hard[name], distilled[name]), name

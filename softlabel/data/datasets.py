@@ -163,11 +163,13 @@ def epoch_loader(
 ) -> torch.utils.data.DataLoader:
     """The DataModules' loader: in order, or shuffled per epoch by :class:`EpochShuffleSampler`
     (``with_epoch``: the sampler's keys carry the epoch to the dataset's augmentation)."""
-    sampler = EpochShuffleSampler(len(dataset), shuffle_seed, with_epoch=with_epoch)
+    sampler = (
+        EpochShuffleSampler(len(dataset), shuffle_seed, with_epoch=with_epoch) if shuffle else None
+    )
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler if shuffle else None,
+        sampler=sampler,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
